@@ -1,0 +1,108 @@
+"""Avro single-object encoding over the schemas in `schemas/avro/`.
+
+A message is `C3 01` + the writer schema's CRC-64-AVRO fingerprint (8 bytes, little endian)
++ the Avro binary body (Avro specification, "Single-object encoding"). Any reader finds the
+writer schema by that fingerprint; this codec resolves it to the newest version of the
+same record (`Name.vN.avsc`, highest N), so old messages keep decoding after a
+backward-compatible change.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fastavro
+from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas" / "avro"
+MARKER = b"\xc3\x01"
+HEADER_SIZE = 10
+_FILE_NAME = re.compile(r"^(?P<name>[A-Za-z][A-Za-z0-9]*)\.v(?P<version>\d+)\.avsc$")
+
+
+class DecodeError(ValueError):
+    """The bytes are not a message this codec can read (stable `code` for dead letters)."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+
+
+@dataclass(frozen=True)
+class SchemaVersion:
+    """One stored schema file: record name, version, parsed schema and its fingerprint."""
+
+    name: str
+    version: int
+    parsed: Any
+    fingerprint: bytes
+
+
+def schema_fingerprint(schema: Any) -> bytes:
+    """CRC-64-AVRO of the Parsing Canonical Form, as the 8 little-endian bytes on the wire."""
+    canonical = to_parsing_canonical_form(fastavro.parse_schema(schema, named_schemas={}))
+    return int(fingerprint(canonical, "CRC-64-AVRO"), 16).to_bytes(8, "little")
+
+
+def _load(path: Path, name: str, version: int) -> SchemaVersion:
+    raw = json.loads(path.read_text())
+    parsed = fastavro.parse_schema(raw, named_schemas={})
+    return SchemaVersion(name, version, parsed, schema_fingerprint(raw))
+
+
+class Codec:
+    """Encode with the newest schema of a record; decode any stored version."""
+
+    def __init__(self, schema_dir: Path = SCHEMA_DIR) -> None:
+        self.by_fingerprint: dict[bytes, SchemaVersion] = {}
+        self.current: dict[str, SchemaVersion] = {}
+        for path in sorted(schema_dir.glob("*.avsc")):
+            match = _FILE_NAME.match(path.name)
+            if not match:
+                raise ValueError(f"schema file name must be Name.vN.avsc: {path.name}")
+            schema = _load(path, match["name"], int(match["version"]))
+            fields = [f["name"] for f in schema.parsed.get("fields", [])]
+            if "hash" in fields and fields[-1] != "hash":
+                raise ValueError(f"{path.name}: a chained event keeps `hash` as its last field")
+            self.by_fingerprint[schema.fingerprint] = schema
+            newest = self.current.get(schema.name)
+            if newest is None or schema.version > newest.version:
+                self.current[schema.name] = schema
+
+    def encode(self, name: str, record: dict[str, Any]) -> bytes:
+        """Single-object encoding of `record` with the newest schema of `name`."""
+        return self.encode_with(self.current[name], record)
+
+    def encode_with(self, schema: SchemaVersion, record: dict[str, Any]) -> bytes:
+        """Single-object encoding of `record` with a given (possibly older) schema version."""
+        out = io.BytesIO()
+        out.write(MARKER)
+        out.write(schema.fingerprint)
+        fastavro.schemaless_writer(out, schema.parsed, record)
+        return out.getvalue()
+
+    def writer_schema(self, data: bytes) -> SchemaVersion:
+        """The schema a message was written with; DecodeError if it is not ours."""
+        if len(data) < HEADER_SIZE or data[:2] != MARKER:
+            raise DecodeError("NOT_SINGLE_OBJECT", "no Avro single-object marker")
+        schema = self.by_fingerprint.get(bytes(data[2:HEADER_SIZE]))
+        if schema is None:
+            raise DecodeError("SCHEMA_UNKNOWN", f"fingerprint {data[2:HEADER_SIZE].hex()}")
+        return schema
+
+    def decode(self, data: bytes, *, as_written: bool = False) -> tuple[str, dict[str, Any]]:
+        """(record name, record) resolved to the newest schema, or as written when asked."""
+        writer = self.writer_schema(data)
+        reader = writer if as_written else self.current[writer.name]
+        try:
+            record = fastavro.schemaless_reader(
+                io.BytesIO(data[HEADER_SIZE:]), writer.parsed, reader.parsed
+            )
+        except Exception as exc:  # fastavro raises several types for truncated/garbled bodies
+            raise DecodeError("BODY_UNREADABLE", type(exc).__name__) from None
+        return writer.name, record

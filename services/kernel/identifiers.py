@@ -1,0 +1,70 @@
+"""Person numbers: the BSN and DUO's onderwijsnummer, as pure functions.
+
+Both are nine digits checked with the same weighted "eleven test" (weights 9..2 and -1):
+a BSN's weighted sum is divisible by 11, an onderwijsnummer starts with ``10`` and its
+weighted sum leaves remainder 5. No number can pass both checks.
+
+Nothing here logs or raises with a number in the message; show a number to people only
+through :func:`mask_person_number`.
+"""
+
+from __future__ import annotations
+
+_WEIGHTS = (9, 8, 7, 6, 5, 4, 3, 2, -1)
+_SEPARATORS = str.maketrans("", "", " .-")
+_ZERO = ord("0")
+
+
+def normalize_person_number(raw: str) -> str:
+    """Strip spaces, dots and dashes, and pad an old 8-digit number to 9 digits.
+
+    The result is not validated: check it with :func:`is_valid_bsn` or
+    :func:`is_valid_onderwijsnummer`.
+
+    >>> normalize_person_number("1112.22.333")
+    '111222333'
+    >>> normalize_person_number("1234-5672")
+    '012345672'
+    """
+    number = raw.strip().translate(_SEPARATORS)
+    if len(number) == 8 and _is_digits(number):
+        return "0" + number
+    return number
+
+
+def is_valid_bsn(n: str) -> bool:
+    """True for a well-formed BSN: 9 digits, weighted sum divisible by 11, not all zeros.
+
+    >>> is_valid_bsn("111222333"), is_valid_bsn("123456789"), is_valid_bsn("000000000")
+    (True, False, False)
+    """
+    return len(n) == 9 and _is_digits(n) and n != "000000000" and _weighted_sum(n) % 11 == 0
+
+
+def is_valid_onderwijsnummer(n: str) -> bool:
+    """True for a well-formed onderwijsnummer: 9 digits, starts with 10, weighted sum mod 11 is 5.
+
+    >>> is_valid_onderwijsnummer("101222331"), is_valid_onderwijsnummer("101222333")
+    (True, False)
+    """
+    return len(n) == 9 and n.startswith("10") and _is_digits(n) and _weighted_sum(n) % 11 == 5
+
+
+def mask_person_number(n: str) -> str:
+    """Hide a person number except its last three digits (the register's masked form).
+
+    The mask has a fixed width, so it does not reveal the length of what it hides.
+
+    >>> mask_person_number("111222333")
+    '******333'
+    """
+    return "******" + (n[-3:] if len(n) > 3 else "")
+
+
+def _is_digits(s: str) -> bool:
+    # str.isdigit alone accepts non-ASCII digits such as '²' or Arabic-Indic numerals.
+    return s.isascii() and s.isdigit()
+
+
+def _weighted_sum(n: str) -> int:
+    return sum((ord(c) - _ZERO) * w for c, w in zip(n, _WEIGHTS, strict=True))

@@ -1,0 +1,79 @@
+"""Kafka topics and clients, tuned for the local broker's quirks (architecture.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+from services.kernel.settings import Settings
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    partitions: int
+    configs: dict[str, str] = field(default_factory=dict)
+
+
+FOREVER = {"retention.ms": "-1", "retention.bytes": "-1"}
+
+# Base names are fixed in interfaces.md; the cluster name gets ROD_TOPIC_PREFIX.
+TOPICS: dict[str, TopicSpec] = {
+    "rod.results.v1": TopicSpec(6, FOREVER),
+}
+
+# A group join takes ~23 s on the local broker unless these are set; fetches wait their full
+# fetch_max_wait_ms even when data is there, so keep it short.
+CONSUMER_DEFAULTS: dict[str, Any] = {
+    "session_timeout_ms": 6000,
+    "heartbeat_interval_ms": 1000,
+    "fetch_max_wait_ms": 10,
+    "enable_auto_commit": False,
+    "auto_offset_reset": "earliest",
+}
+
+# Order per partition matters more than anything: one request in flight, retried.
+PRODUCER_DEFAULTS: dict[str, Any] = {
+    "acks": "all",
+    "retries": 10,
+    "max_in_flight_requests_per_connection": 1,
+    "linger_ms": 5,
+    "batch_size": 512 * 1024,
+    "max_request_size": 4 * 1024 * 1024,
+}
+
+
+def admin(bootstrap: str) -> KafkaAdminClient:
+    return KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+
+
+def producer(bootstrap: str, **overrides: Any) -> KafkaProducer:
+    return KafkaProducer(bootstrap_servers=bootstrap, **{**PRODUCER_DEFAULTS, **overrides})
+
+
+def consumer(bootstrap: str, **overrides: Any) -> KafkaConsumer:
+    return KafkaConsumer(bootstrap_servers=bootstrap, **{**CONSUMER_DEFAULTS, **overrides})
+
+
+def ensure_topics(settings: Settings, bootstrap: str, names: list[str] | None = None) -> list[str]:
+    """Create the named rodchain topics that are missing; returns the ones created."""
+    client = admin(bootstrap)
+    try:
+        existing = set(client.list_topics())
+        wanted = [n for n in (names or list(TOPICS)) if settings.topic(n) not in existing]
+        created = []
+        for name in wanted:
+            spec = TOPICS[name]
+            try:
+                client.create_topics(
+                    [NewTopic(settings.topic(name), spec.partitions, 1, topic_configs=spec.configs)]
+                )
+                created.append(settings.topic(name))
+            except TopicAlreadyExistsError:
+                pass
+        return created
+    finally:
+        client.close()
