@@ -1,0 +1,186 @@
+"""The one table of rejection and warning codes: code -> Dutch message -> English doc line.
+
+Codes are stable: the HTTP API, bulk feedback, the CLI and events all carry them unchanged.
+Nothing else in the code base spells a message; build a `Problem` with `problem()`.
+Messages never contain the offending value, so no person number can leak through them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# code: (Dutch message for institutions, English line for the docs)
+CODES: dict[str, tuple[str, str]] = {
+    # person numbers
+    "PERSON_NUMBER_MISSING": (
+        "Geef een BSN of een onderwijsnummer op.",
+        "Neither a BSN nor an onderwijsnummer was given.",
+    ),
+    "PERSON_NUMBER_AMBIGUOUS": (
+        "Geef een BSN of een onderwijsnummer op, niet allebei.",
+        "Both a BSN and an onderwijsnummer were given; give exactly one.",
+    ),
+    "BSN_INVALID": (
+        "Het BSN is ongeldig (9 cijfers en de elfproef).",
+        "The BSN is not 9 digits or fails the eleven test.",
+    ),
+    "ONDERWIJSNUMMER_INVALID": (
+        "Het onderwijsnummer is ongeldig (9 cijfers, begint met 10, elfproef rest 5).",
+        "The onderwijsnummer is not 9 digits starting with 10 whose weighted sum mod 11 is 5.",
+    ),
+    "BSN_IS_ONDERWIJSNUMMER": (
+        "In het veld BSN staat een onderwijsnummer; gebruik het veld onderwijsnummer.",
+        "The bsn field holds a valid onderwijsnummer; use the onderwijsnummer field.",
+    ),
+    "ONDERWIJSNUMMER_IS_BSN": (
+        "In het veld onderwijsnummer staat een BSN; gebruik het veld BSN.",
+        "The onderwijsnummer field holds a valid BSN; use the bsn field.",
+    ),
+    # institutions and locations
+    "INSTITUTION_CODE_INVALID": (
+        "De instellingscode is ongeldig (twee cijfers en twee hoofdletters, bijv. 25BE).",
+        "The instellingscode is not two digits followed by two capitals.",
+    ),
+    "INSTITUTION_UNKNOWN": (
+        "De instelling is niet bekend in het register.",
+        "The institution is not known to the register.",
+    ),
+    "INSTITUTION_FORBIDDEN": (
+        "U mag niet namens deze instelling aanleveren.",
+        "The record belongs to an institution other than the one you act for.",
+    ),
+    "BRANCH_CODE_INVALID": (
+        "De vestigingscode is ongeldig (instellingscode plus twee cijfers, bijv. 25BE01).",
+        "The vestigingscode is not the instellingscode followed by two digits.",
+    ),
+    "BRANCH_NOT_OF_INSTITUTION": (
+        "De vestiging hoort niet bij deze instelling.",
+        "The vestigingscode belongs to another institution.",
+    ),
+    "PROVIDER_CODE_INVALID": (
+        "De onderwijsaanbiedercode is ongeldig (vorm 999A999, bijv. 110A133).",
+        "The onderwijsaanbieder (RIO) code is not of the form 999A999.",
+    ),
+    # sector and programme
+    "SECTOR_INVALID": (
+        "De sector is ongeldig (VO, PRO, VSO, MBO of HO).",
+        "The sector is not one of VO, PRO, VSO, MBO, HO.",
+    ),
+    "SECTOR_NOT_OF_INSTITUTION": (
+        "De instelling is niet bekend in deze sector.",
+        "The institution is not registered for this sector.",
+    ),
+    "VERVOLGONDERWIJS_USES_EXAM_RESULTS": (
+        "Vervolgonderwijs wordt via de examenresultaten aangeleverd, niet met dit bericht.",
+        "Vervolgonderwijs results go through the exam-results route, not this message.",
+    ),
+    "PROGRAMME_UNKNOWN": (
+        "De opleidingscode is niet bekend.",
+        "The programme code is not in the programme catalogue.",
+    ),
+    "PROGRAMME_SECTOR_MISMATCH": (
+        "De opleidingscode hoort bij een andere sector.",
+        "The programme code belongs to another sector.",
+    ),
+    "HO_MODULE_HAS_NO_RESULT": (
+        "Voor een module in het hoger onderwijs wordt geen resultaat geregistreerd.",
+        "HO results are registered only for a full diploma, not for a module.",
+    ),
+    "PROGRAMME_NOT_RECOGNISED": (
+        "Een niet-bekostigde instelling levert alleen erkende opleidingen aan.",
+        "An unfunded institution may deliver results only for recognised programmes.",
+    ),
+    # dates and diploma number
+    "DIPLOMA_DATE_INVALID": (
+        "De diplomadatum is geen geldige datum (JJJJ-MM-DD).",
+        "The diploma date is not a real date in YYYY-MM-DD form.",
+    ),
+    "DIPLOMA_DATE_IN_FUTURE": (
+        "De diplomadatum ligt in de toekomst.",
+        "The diploma date is after today (Europe/Amsterdam).",
+    ),
+    "PRO_VSO_SCHOOL_YEAR_CLOSED": (
+        "Diploma's pro/vso van schooljaar 2021-2022 en eerder kunnen niet worden uitgewisseld.",
+        "PRO/VSO diplomas dated before 2022-08-01 cannot be exchanged.",
+    ),
+    "DIPLOMA_NUMBER_INVALID": (
+        "Het diplomavolgnummer is ongeldig (1 tot 20 letters, cijfers of streepjes).",
+        "The diploma number is not 1-20 letters, digits or dashes.",
+    ),
+    "FIELD_REQUIRED": (
+        "Dit veld is verplicht.",
+        "A required field is missing.",
+    ),
+    "FIELD_UNKNOWN": (
+        "Dit veld is onbekend.",
+        "The request carries a field the register does not know.",
+    ),
+    "FIELD_TYPE_INVALID": (
+        "Dit veld heeft een ongeldig type.",
+        "The field has the wrong type (for example a number where text is expected).",
+    ),
+    # identity, idempotency, deletion
+    "RESULT_CONFLICT": (
+        "Dit resultaat is al geregistreerd met andere gegevens.",
+        "The same institution, person and diploma number is registered with different data.",
+    ),
+    "DELETION_REASON_INVALID": (
+        "De reden van verwijderen is onbekend.",
+        "The deletion reason is not one of the known codes.",
+    ),
+    "EXPLANATION_REQUIRED": (
+        "Bij deze reden is een toelichting verplicht.",
+        "Deletions for FRAUD or OTHER need an explanation.",
+    ),
+    "RESULT_NOT_FOUND": (
+        "Het resultaat is niet gevonden.",
+        "No result with this id (or key) exists for this institution.",
+    ),
+    "RESULT_ALREADY_DELETED": (
+        "Het resultaat is al verwijderd.",
+        "The result has already been deleted.",
+    ),
+    "ACTION_INVALID": (
+        "De actie is onbekend (registreren of verwijderen).",
+        "The actie is neither registreren nor verwijderen.",
+    ),
+    # bulk files
+    "FILE_FORMAT_NOT_ALLOWED": (
+        "Mbo-instellingen leveren bulkbestanden alleen als XML aan.",
+        "MBO institutions may deliver bulk files only as XML.",
+    ),
+    "FILE_MALFORMED": (
+        "Het bestand kan niet worden gelezen.",
+        "The file cannot be read at all (encoding, header, XML well-formedness, DTD).",
+    ),
+    "FILE_TOO_LARGE": (
+        "Het bestand is te groot.",
+        "The file exceeds the size limit.",
+    ),
+    "RECORD_MALFORMED": (
+        "Deze regel kan niet worden gelezen (aantal kolommen of structuur).",
+        "This record cannot be read (wrong column count or structure); other records go on.",
+    ),
+    # warnings (registered, with a remark)
+    "LATE_DELIVERY": (
+        "Let op: de diplomadatum ligt meer dan een jaar voor de aanlevering.",
+        "Warning: the diploma date is more than a year before delivery.",
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with (or remarkable about) an input: field, stable code, Dutch message."""
+
+    field: str | None
+    code: str
+    message: str
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {"field": self.field, "code": self.code, "message": self.message}
+
+
+def problem(code: str, field: str | None = None) -> Problem:
+    """Build the Problem for `code`; an unknown code is a programming error."""
+    return Problem(field=field, code=code, message=CODES[code][0])
