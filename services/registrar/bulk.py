@@ -1,0 +1,484 @@
+"""Read bulk files (CSV and XML) record by record: the one parser for `rod import` and uploads.
+
+Parsing only. Field contents are checked elsewhere; this module turns a file into
+`BulkRecord`s (English field names, stripped values, None for absent or empty) and refuses a
+file that cannot be read at all with `FileRefused`. Callers run `check_file` (a full
+streaming pre-pass) before `read_records`, so a refused file writes nothing.
+
+Both formats stream: memory stays flat however many records a file holds.
+
+    >>> fmt = sniff_format("results.xml")
+    >>> institution = check_file("results.xml", fmt)
+    >>> for rec in read_records("results.xml", fmt):
+    ...     rec.record, rec.line, rec.action, rec.fields["diploma_number"], rec.problems
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import islice
+
+from lxml import etree
+
+from services.registrar.codes import Problem, problem
+
+StrPath = str | os.PathLike[str]
+
+# Dutch column / element name -> English field key.
+FIELD_NAMES: dict[str, str] = {
+    "bsn": "bsn",
+    "onderwijsnummer": "onderwijsnummer",
+    "instellingscode": "institution",
+    "vestigingscode": "branch",
+    "onderwijsaanbieder": "provider",
+    "sector": "sector",
+    "opleidingscode": "programme_code",
+    "diplomavolgnummer": "diploma_number",
+    "diplomadatum": "diploma_date",
+    "reden": "reason",
+    "toelichting": "explanation",
+}
+FIELD_KEYS: tuple[str, ...] = tuple(FIELD_NAMES.values())
+REQUIRED_COLUMNS: tuple[str, ...] = (
+    "instellingscode",
+    "vestigingscode",
+    "sector",
+    "opleidingscode",
+    "diplomavolgnummer",
+    "diplomadatum",
+)
+PERSON_COLUMNS: tuple[str, ...] = ("bsn", "onderwijsnummer")
+ACTIONS: dict[str, str] = {"registreren": "register", "verwijderen": "delete"}
+
+_CSV_COLUMNS = frozenset(FIELD_NAMES) | {"actie"}
+_EMPTY_FIELDS: dict[str, str | None] = dict.fromkeys(FIELD_KEYS)
+_MALFORMED = (problem("RECORD_MALFORMED", "record"),)
+_ACTION_INVALID = (problem("ACTION_INVALID", "actie"),)
+_CONTENT_TYPES = {"text/csv": "csv", "application/xml": "xml", "text/xml": "xml"}
+_BOMS = (codecs.BOM_UTF8, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+_CHUNK = 1 << 16
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class BulkRecord:
+    """One data record of a bulk file, as read; `problems` holds read problems only."""
+
+    record: int
+    line: int
+    action: str
+    fields: dict[str, str | None]
+    problems: tuple[Problem, ...] = ()
+
+    def __repr__(self) -> str:
+        # Never the field values (person numbers); an invalid actie is user text too.
+        action = self.action if self.action in ("register", "delete") else "<invalid>"
+        return f"BulkRecord(record={self.record}, line={self.line}, action={action!r})"
+
+
+class FileRefused(Exception):
+    """The file as a whole cannot be processed; nothing of it may be written."""
+
+    def __init__(self, code: str, line: int | None = None) -> None:
+        self.code = code
+        self.line = line
+        self.problem = problem(code, "file")
+        super().__init__(code if line is None else f"{code} line {line}")
+
+    def __reduce__(self) -> tuple[type[FileRefused], tuple[str, int | None]]:
+        return (FileRefused, (self.code, self.line))
+
+
+def sniff_format(path: StrPath, content_type: str | None = None) -> str:
+    """Return "csv" or "xml": a known content type wins, else the first non-blank byte decides."""
+    if content_type:
+        fmt = _CONTENT_TYPES.get(content_type.split(";", 1)[0].strip().lower())
+        if fmt is not None:
+            return fmt
+    with open(path, "rb") as f:
+        chunk = f.read(_CHUNK)
+        for bom in _BOMS:
+            if chunk.startswith(bom):
+                chunk = chunk[len(bom) :]
+                break
+        while chunk:
+            rest = chunk.lstrip(b" \t\r\n\x00")
+            if rest:
+                return "xml" if rest[:1] == b"<" else "csv"
+            chunk = f.read(_CHUNK)
+    return "csv"
+
+
+def check_file(path: StrPath, fmt: str) -> str | None:
+    """Read the whole file once, raising FileRefused if it cannot be processed at all.
+
+    Returns the institution the file declares (the XML root's `instellingscode`; None for CSV).
+    """
+    if fmt == "csv":
+        for _ in _csv_rows(path):
+            pass
+        return None
+    if fmt == "xml":
+        institution = _xml_root(path)
+        for _ in _xml_children(path):
+            pass
+        return institution
+    raise ValueError(f"unknown bulk-file format {fmt!r}")
+
+
+def read_records(path: StrPath, fmt: str) -> Iterator[BulkRecord]:
+    """Yield the file's data records in order, streaming; run `check_file` first."""
+    if fmt == "csv":
+        return _csv_records(path)
+    if fmt == "xml":
+        return _xml_records(path)
+    raise ValueError(f"unknown bulk-file format {fmt!r}")
+
+
+def _action(text: str | None) -> tuple[str, tuple[Problem, ...]]:
+    if text is None:
+        return "register", ()
+    lowered = text.lower()
+    action = ACTIONS.get(lowered)
+    if action is None:
+        return lowered, _ACTION_INVALID
+    return action, ()
+
+
+# --- CSV ----------------------------------------------------------------------------------
+
+
+def _csv_records(path: StrPath) -> Iterator[BulkRecord]:
+    record = 0
+    for line, names, row in _csv_rows(path):
+        if len(row) != len(names):
+            if not any(cell.strip() for cell in row):
+                continue  # a blank line, or separators only
+            record += 1
+            yield BulkRecord(record, line, "register", dict(_EMPTY_FIELDS), _MALFORMED)
+            continue
+        values = [cell.strip() or None for cell in row]
+        if not any(values):
+            continue
+        record += 1
+        fields = dict(_EMPTY_FIELDS)
+        fields.update(zip(names, values, strict=True))
+        action, problems = _action(fields.pop("actie", None))
+        yield BulkRecord(record, line, action, fields, problems)
+
+
+def _csv_rows(path: StrPath) -> Iterator[tuple[int, list[str], list[str]]]:
+    """Yield (start line, English header keys, raw cells) per CSV row after the header."""
+    with _csv_text(path) as text:
+        try:
+            header_line, delimiter, names = _csv_header(text)
+            reader = csv.reader(text, delimiter=delimiter)
+            done = 0
+            try:
+                for row in reader:
+                    yield header_line + done + 1, names, row
+                    done = reader.line_num
+            except csv.Error:
+                raise FileRefused("FILE_MALFORMED", header_line + reader.line_num) from None
+        except UnicodeDecodeError:
+            raise FileRefused("FILE_MALFORMED", _bad_utf8_line(path)) from None
+
+
+def _csv_text(path: StrPath, errors: str = "strict") -> io.TextIOWrapper:
+    guarded = io.BufferedReader(_LineLengthGuard(open(path, "rb")), _CHUNK)  # noqa: SIM115
+    return io.TextIOWrapper(guarded, encoding="utf-8-sig", errors=errors, newline="")
+
+
+_LINE_MAX = 1 << 20  # bytes; longer is no CSV record, and must not be buffered whole
+
+
+class _LineLengthGuard(io.RawIOBase):
+    """Refuse a line longer than _LINE_MAX as it streams past, before anyone buffers it.
+
+    Text readers collect a whole line before the csv module sees it, so a file with no line
+    ends at all would otherwise be read into memory in one piece.
+    """
+
+    def __init__(self, raw: io.BufferedReader) -> None:
+        self._raw = raw
+        self._run = 0  # bytes since the last line end
+        self._line = 1
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        n = self._raw.readinto(buffer)
+        if n:
+            data = bytes(buffer[:n])
+            last = max(data.rfind(b"\n"), data.rfind(b"\r"))
+            if last < 0:
+                self._run += n
+            else:
+                first = min(i for i in (data.find(b"\n"), data.find(b"\r")) if i >= 0)
+                self._run += first
+            if self._run > _LINE_MAX:
+                raise FileRefused("FILE_MALFORMED", self._line)
+            if last >= 0:
+                self._run = n - last - 1
+            self._line += data.count(b"\n")
+        return n
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+def _csv_header(text: io.TextIOWrapper) -> tuple[int, str, list[str]]:
+    """Read the header: its line, the delimiter it uses and its columns as English keys."""
+    line_no = 0
+    for line_no, line in enumerate(text, 1):  # noqa: B007
+        if line.strip():
+            break
+    else:
+        raise FileRefused("FILE_MALFORMED", max(line_no, 1))
+    delimiter = ";" if line.count(";") > line.count(",") else ","
+    columns = [name.strip().lower() for name in next(csv.reader([line], delimiter=delimiter))]
+    if (
+        not _CSV_COLUMNS.issuperset(columns)
+        or len(set(columns)) != len(columns)
+        or not set(REQUIRED_COLUMNS).issubset(columns)
+        or not set(PERSON_COLUMNS) & set(columns)
+    ):
+        raise FileRefused("FILE_MALFORMED", line_no)
+    return line_no, delimiter, [FIELD_NAMES.get(name, name) for name in columns]
+
+
+_SURROGATE = re.compile("[\udc80-\udcff]")
+
+
+def _bad_utf8_line(path: StrPath) -> int | None:
+    """The first line holding bytes that are not UTF-8 (counted as the CSV reader counts)."""
+    try:
+        with _csv_text(path, errors="surrogateescape") as text:
+            for line_no, line in enumerate(text, 1):
+                if _SURROGATE.search(line):
+                    return line_no
+    except FileRefused as refused:
+        return refused.line
+    return None
+
+
+# --- XML ----------------------------------------------------------------------------------
+
+# No DTD is loaded, no entity resolved, no network used; libxml2's size limits stay on.
+_XML_OPTIONS = {
+    "resolve_entities": False,
+    "no_network": True,
+    "load_dtd": False,
+    "huge_tree": False,
+    "remove_comments": True,
+    "remove_pis": True,
+}
+_ROOT = "aanlevering"
+_RECORD = "resultaat"
+_PROLOG_MAX = 1 << 20  # bytes before the root element; more is not a bulk file
+_RECORD_MAX_ELEMENTS = 256  # a record has about a dozen; far more is not a record
+
+
+def _xml_records(path: StrPath) -> Iterator[BulkRecord]:
+    institution = _xml_root(path)
+    line = 0
+    for record, element in enumerate(_xml_children(path), 1):
+        line = max(_start_line(element), line)
+        if element.tag == _RECORD:
+            yield _xml_record(element, record, line, institution)
+        else:
+            fields = dict(_EMPTY_FIELDS)
+            fields["institution"] = institution
+            yield BulkRecord(record, line, "register", fields, _MALFORMED)
+
+
+# element name -> (field key, bit), to spot an element given twice without a second pass
+_ELEMENTS = {name: (key, 1 << i) for i, (name, key) in enumerate(FIELD_NAMES.items())}
+
+
+def _xml_record(element: etree._Element, record: int, line: int, institution: str | None) -> BulkRecord:
+    fields = dict(_EMPTY_FIELDS)
+    seen = 0
+    malformed = False
+    for child in element:
+        entry = _ELEMENTS.get(child.tag)  # type: ignore[arg-type]
+        if entry is None or seen & entry[1] or len(child):
+            malformed = True  # unknown, repeated or nested
+            continue
+        seen |= entry[1]
+        text = child.text
+        fields[entry[0]] = text.strip() or None if text else None
+    if fields["institution"] is None:
+        fields["institution"] = institution
+    actie = element.get("actie")
+    action, problems = _action(actie.strip() or None if actie else None)
+    if malformed:
+        problems = _MALFORMED + problems
+    return BulkRecord(record, line, action, fields, problems)
+
+
+_BIG_LINE = 65535
+
+
+def _start_line(element: etree._Element) -> int:
+    """The line where the element's start tag ends, also past line 65535.
+
+    libxml2 keeps an element's line in 16 bits; beyond that lxml's `sourceline` is the line
+    where the first text inside ended (reached through first children), or for an element
+    without content the text after it. Counting back that text's newlines recovers the line;
+    a record with no content and no text after it yet keeps the approximation (the caller
+    keeps lines from going backwards).
+    """
+    line = element.sourceline or 0
+    if line < _BIG_LINE:
+        return line
+    node = element
+    while node.text is None and len(node):
+        node = node[0]
+    if node.text:
+        return line - node.text.count("\n")
+    if node is element and element.tail:
+        return line - element.tail.count("\n")
+    return line
+
+
+def _xml_root(path: StrPath) -> str | None:
+    """Check the prolog and the root element; return the root's `instellingscode`."""
+    _refuse_doctype(path)
+    parser = etree.XMLPullParser(events=("start",), **_XML_OPTIONS)
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                parser.feed(chunk)
+                for _, root in parser.read_events():
+                    docinfo = root.getroottree().docinfo
+                    if docinfo.doctype or docinfo.internalDTD is not None or root.tag != _ROOT:
+                        raise FileRefused("FILE_MALFORMED", root.sourceline)
+                    institution = root.get("instellingscode")
+                    return institution.strip() or None if institution else None
+            parser.close()
+    except etree.XMLSyntaxError as e:
+        raise FileRefused("FILE_MALFORMED", e.lineno or 1) from None
+    raise FileRefused("FILE_MALFORMED", 1)
+
+
+def _xml_children(path: StrPath) -> Iterator[etree._Element]:
+    """Yield each child element of the root once complete, in order, then drop it.
+
+    The caller reads an element only while it holds it. Between chunks, finished children
+    that are not records are handed out and dropped too, so memory stays flat even for a
+    file that holds no `<resultaat>` at all.
+    """
+    parser = etree.XMLPullParser(events=("start", "end"), tag=(_ROOT, _RECORD), **_XML_OPTIONS)
+    root: etree._Element | None = None
+    done: etree._Element | None = None  # the last record handed out, cleared
+    try:
+        with open(path, "rb") as f:
+            while True:
+                chunk = f.read(_CHUNK)
+                if chunk:
+                    parser.feed(chunk)
+                else:
+                    parser.close()
+                for event, element in parser.read_events():
+                    if root is None:
+                        root = element  # _xml_root made sure the first event is its start
+                    elif event == "end" and element.tag == _RECORD and element.getparent() is root:
+                        while root[0] is not element:
+                            if root[0] is not done:
+                                yield root[0]
+                            del root[0]
+                        yield element
+                        element.clear(keep_tail=True)
+                        done = element
+                if root is None:
+                    if not chunk:
+                        return
+                    continue
+                keep = 1 if chunk else 0  # the last child may still be open
+                while len(root) > keep:
+                    if root[0] is not done:
+                        yield root[0]
+                    del root[0]
+                if not chunk:
+                    return
+                if len(root) and _larger_than(root[-1], _RECORD_MAX_ELEMENTS):
+                    raise FileRefused("FILE_MALFORMED", _start_line(root[-1]))
+    except etree.XMLSyntaxError as e:
+        # Some errors (an undeclared entity) stop the parser without a position.
+        raise FileRefused("FILE_MALFORMED", e.lineno or _last_line(root)) from None
+
+
+def _last_line(root: etree._Element | None) -> int:
+    """The line of the last element parsed, for an error libxml2 reports without one."""
+    if root is None:
+        return 1
+    node = root
+    while len(node):
+        node = node[-1]
+    return _start_line(node)
+
+
+def _larger_than(element: etree._Element, limit: int) -> bool:
+    return sum(1 for _ in islice(element.iter(), limit + 1)) > limit
+
+
+def _refuse_doctype(path: StrPath) -> None:
+    """Refuse any DOCTYPE or other `<!` declaration before lxml reads the file.
+
+    A bulk file needs no DTD, and refusing here means no entity is ever declared, let alone
+    resolved or expanded (XXE, billion laughs). Only the prolog is read.
+    """
+    with open(path, "rb") as f:
+        head = f.read(4)
+        encoding = "latin-1"  # enough to see ASCII markup in UTF-8 and its relatives
+        if head.startswith(codecs.BOM_UTF8):
+            head = head[3:]
+        elif head.startswith((codecs.BOM_UTF16_LE, b"<\x00")):
+            encoding = "utf-16-le"
+        elif head.startswith((codecs.BOM_UTF16_BE, b"\x00<")):
+            encoding = "utf-16-be"
+        decoder = codecs.getincrementaldecoder(encoding)("replace")
+        text = decoder.decode(head).lstrip("\ufeff")
+        pos, read = 0, len(head)
+        while True:
+            while pos < len(text) and text[pos] in " \t\r\n":
+                pos += 1
+            end = _prolog_item_end(text, pos)
+            if end is None:  # undecided: read on
+                chunk = f.read(_CHUNK)
+                if not chunk or read > _PROLOG_MAX:
+                    if read > _PROLOG_MAX:
+                        raise FileRefused("FILE_MALFORMED", text.count("\n", 0, pos) + 1)
+                    return  # lxml reports what is wrong with an unfinished prolog
+                read += len(chunk)
+                text += decoder.decode(chunk)
+            elif end < 0:
+                raise FileRefused("FILE_MALFORMED", text.count("\n", 0, pos) + 1)
+            elif end == pos:
+                return  # the root element (or something lxml will refuse)
+            else:
+                pos = end
+
+
+def _prolog_item_end(text: str, pos: int) -> int | None:
+    """End of the prolog item at `pos`: -1 for a declaration, pos for anything else, None to read on."""
+    rest = text[pos : pos + 4]
+    if len(rest) < 4:
+        return None
+    if rest.startswith("<?"):
+        end = text.find("?>", pos + 2)
+        return None if end < 0 else end + 2
+    if rest == "<!--":
+        end = text.find("-->", pos + 4)
+        return None if end < 0 else end + 3
+    if rest.startswith("<!"):
+        return -1
+    return pos
