@@ -1,0 +1,72 @@
+"""The `rod` console script: one group, each service contributes its commands."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import click
+
+from services.kernel import kafka
+from services.kernel import logging as rod_logging
+from services.kernel.broker import DEFAULT_PORT, LocalBroker, free_port
+from services.kernel.settings import Settings
+from services.registrar import cli as registrar_cli
+from services.registrar.relay import Relay
+from services.registrar.store import EventStore
+
+
+@click.group()
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Where the embedded default keeps its files (default: ROD_DATA_DIR or ./var).")
+@click.pass_context
+def main(ctx: click.Context, data_dir: str | None) -> None:
+    """rodchain: the education result register as an event-sourced chain."""
+    rod_logging.configure()
+    settings = Settings.from_env(data_dir=data_dir)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    ctx.obj = {"settings": settings}
+
+
+@main.command()
+@click.option("--port", default=8080, show_default=True, help="HTTP port of the API.")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Same as the global --data-dir.")
+@click.pass_context
+def up(ctx: click.Context, port: int, data_dir: str | None) -> None:
+    """Start the whole system in the foreground; Ctrl-C stops it cleanly."""
+    settings = Settings.from_env(data_dir=data_dir) if data_dir else ctx.obj["settings"]
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    log = rod_logging.get_logger("up")
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+
+    broker = None
+    bootstrap = settings.kafka_bootstrap
+    if bootstrap is None:
+        broker = LocalBroker(free_port(DEFAULT_PORT), log_path=settings.data_dir / "broker.log")
+        bootstrap = broker.start()
+        settings.bootstrap_file.write_text(bootstrap + "\n")
+        click.echo(f"local broker on {bootstrap} (memory storage; written to {settings.bootstrap_file})")
+    try:
+        kafka.ensure_topics(settings, bootstrap)
+        relay = Relay(EventStore(settings.database_urls["registrar"]), settings, bootstrap)
+        worker = threading.Thread(target=relay.run, args=(stop,), name="relay", daemon=True)
+        worker.start()
+        log.info("rodchain_up", bootstrap=bootstrap, data_dir=str(settings.data_dir))
+        click.echo(f"rodchain up: data in {settings.data_dir}; Ctrl-C to stop")
+        while not stop.wait(1):
+            pass
+        click.echo("stopping")
+        worker.join(timeout=30)
+        relay.close()
+    finally:
+        if broker:
+            broker.stop()
+            settings.bootstrap_file.unlink(missing_ok=True)
+    click.echo("stopped")
+
+
+for command in registrar_cli.COMMANDS:
+    main.add_command(command)

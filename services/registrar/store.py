@@ -1,0 +1,366 @@
+"""The registrar's event store and current state, one SQLAlchemy implementation for SQLite
+and PostgreSQL (chosen by URL).
+
+Appends are serialised: a writer holds the chain head (SQLite: BEGIN IMMEDIATE;
+PostgreSQL: SELECT ... FOR UPDATE on the one head row) from its first read to its commit.
+That keeps the hash chain linear and makes positions commit in order, so the relay can
+never see position N+1 before N. Event rows are only ever INSERTed; nothing in this code
+base UPDATEs or DELETEs them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    bindparam,
+    create_engine,
+    event,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
+
+from services.kernel import chain
+from services.kernel.codec import Codec
+
+EVENT_NAMESPACE = uuid.UUID("5b0c7c1e-3f1e-4a8e-9d55-8a3c2f0e7d10")
+
+metadata = MetaData()
+
+chain_head = Table(
+    "registrar_chain_head",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("position", BigInteger, nullable=False),
+    Column("hash", LargeBinary, nullable=False),
+)
+
+events = Table(
+    "registrar_events",
+    metadata,
+    Column("position", BigInteger, primary_key=True, autoincrement=False),
+    Column("event_id", String(36), nullable=False, unique=True),
+    Column("stream_id", String(36), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("event_type", String(40), nullable=False),
+    Column("institution", String(4), nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Column("hash", LargeBinary, nullable=False),
+    UniqueConstraint("stream_id", "version", name="uq_registrar_events_stream_version"),
+)
+
+results = Table(
+    "registrar_results",
+    metadata,
+    Column("result_id", String(36), primary_key=True),
+    # keyed hash of (institution, person number, diploma number): finds a result by its
+    # identity without storing the person number outside the event payload
+    Column("identity_key", String(64), nullable=False, unique=True),
+    Column("institution", String(4), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("status", String(10), nullable=False),  # registered | deleted
+    Column("registered_event_id", String(36), nullable=False),
+    Column("data_digest", String(64), nullable=False),
+    Column("position", BigInteger, nullable=False),
+)
+
+institutions = Table(
+    "registrar_institutions",
+    metadata,
+    Column("code", String(4), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("sectors", String(40), nullable=False),
+    Column("funded", Boolean, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+tokens = Table(
+    "registrar_tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("institution", String(4), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+meta = Table(
+    "registrar_meta",
+    metadata,
+    Column("key", String(40), primary_key=True),
+    Column("value", LargeBinary, nullable=False),
+)
+
+relay_progress = Table(
+    "registrar_relay",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("published_position", BigInteger, nullable=False),
+)
+
+relay_offsets = Table(
+    "registrar_relay_offsets",
+    metadata,
+    Column("partition", Integer, primary_key=True, autoincrement=False),
+    Column("last_offset", BigInteger, nullable=False),
+)
+
+
+def make_engine(url: str) -> Engine:
+    """An engine with the settings the store relies on (WAL and explicit BEGIN on SQLite)."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 60})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a process kill
+            cursor.execute("PRAGMA busy_timeout=60000")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Connection) -> None:
+            writer = conn.get_execution_options().get("rod_writer", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def event_id_for(result_id: str, version: int) -> str:
+    """Deterministic event id: what the event is (this result, this version)."""
+    return str(uuid.uuid5(EVENT_NAMESPACE, f"{result_id}/{version}"))
+
+
+def now_millis() -> datetime:
+    """Now in UTC at the millisecond precision the Avro timestamp keeps."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+@dataclass
+class ResultState:
+    """The registrar's current state of one result (a row of registrar_results)."""
+
+    result_id: str
+    identity_key: str
+    institution: str
+    version: int
+    status: str
+    registered_event_id: str
+    data_digest: str
+    position: int
+
+
+@dataclass
+class StoredEvent:
+    position: int
+    event_id: str
+    stream_id: str
+    version: int
+    event_type: str
+    payload: bytes
+    hash: bytes
+
+
+@dataclass
+class Appender:
+    """The open write transaction: holds the chain head, buffers events and state changes."""
+
+    conn: Connection
+    codec: Codec
+    position: int
+    head_hash: bytes
+    event_rows: list[dict[str, Any]] = field(default_factory=list)
+    touched: dict[str, ResultState] = field(default_factory=dict)  # by result_id
+    stored_ids: set[str] = field(default_factory=set)  # result_ids that already have a row
+
+    def _load(self, rows: Iterable[Any]) -> None:
+        for row in rows:
+            if row.result_id not in self.touched:
+                self.stored_ids.add(row.result_id)
+                self.touched[row.result_id] = ResultState(**row._mapping)
+
+    def states_by_identity(self, keys: Iterable[str]) -> dict[str, ResultState]:
+        """Current states for these identity keys, including changes made in this transaction."""
+        wanted = set(keys)
+        known = {s.identity_key for s in self.touched.values()}
+        missing = list(wanted - known)
+        for start in range(0, len(missing), 500):
+            chunk = missing[start : start + 500]
+            self._load(self.conn.execute(select(results).where(results.c.identity_key.in_(chunk))))
+        return {s.identity_key: s for s in self.touched.values() if s.identity_key in wanted}
+
+    def state_by_id(self, result_id: str) -> ResultState | None:
+        if result_id not in self.touched:
+            self._load(self.conn.execute(select(results).where(results.c.result_id == result_id)))
+        return self.touched.get(result_id)
+
+    def append(self, name: str, record: dict[str, Any], state: ResultState) -> StoredEvent:
+        """Seal `record` as the next event and make `state` the result's current state."""
+        self.position += 1
+        record["position"] = self.position
+        payload, digest = chain.seal(self.codec, name, record, self.head_hash)
+        self.head_hash = digest
+        self.event_rows.append(
+            {
+                "position": self.position,
+                "event_id": record["event_id"],
+                "stream_id": record["result_id"],
+                "version": record["version"],
+                "event_type": name,
+                "institution": record["institution"],
+                "recorded_at": record["recorded_at"],
+                "payload": payload,
+                "hash": digest,
+            }
+        )
+        state.position = self.position
+        self.touched[state.result_id] = state
+        return StoredEvent(
+            self.position, record["event_id"], record["result_id"], record["version"], name,
+            payload, digest,
+        )
+
+    def flush(self) -> None:
+        """Write everything buffered; the caller's transaction commits it."""
+        if not self.event_rows:
+            return
+        self.conn.execute(insert(events), self.event_rows)
+        changed = [vars(s) for s in self.touched.values() if s.position > self.first_position()]
+        inserts = [s for s in changed if s["result_id"] not in self.stored_ids]
+        updates = [{**s, "b_result_id": s["result_id"]} for s in changed if s["result_id"] in self.stored_ids]
+        if inserts:
+            self.conn.execute(insert(results), inserts)
+        if updates:
+            self.conn.execute(
+                update(results)
+                .where(results.c.result_id == bindparam("b_result_id"))
+                .values(
+                    version=bindparam("version"),
+                    status=bindparam("status"),
+                    registered_event_id=bindparam("registered_event_id"),
+                    data_digest=bindparam("data_digest"),
+                    position=bindparam("position"),
+                ),
+                updates,
+            )
+        self.conn.execute(
+            update(chain_head)
+            .where(chain_head.c.id == 1)
+            .values(position=self.position, hash=self.head_hash)
+        )
+
+    def first_position(self) -> int:
+        """The head position this transaction started from."""
+        return self.event_rows[0]["position"] - 1 if self.event_rows else self.position
+
+
+class EventStore:
+    """Append-only event store plus the registrar's current-state tables."""
+
+    def __init__(self, url: str, codec: Codec | None = None) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self.codec = codec or Codec()
+        metadata.create_all(self.engine)
+        self._seed_singletons()
+
+    def _seed_singletons(self) -> None:
+        for table, row in (
+            (chain_head, {"id": 1, "position": 0, "hash": chain.GENESIS}),
+            (relay_progress, {"id": 1, "published_position": 0}),
+        ):
+            try:
+                with self.engine.begin() as conn:
+                    if conn.execute(select(table.c.id)).first() is None:
+                        conn.execute(insert(table).values(**row))
+            except IntegrityError:
+                pass  # another process seeded it first
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def appending(self) -> Iterator[Appender]:
+        """One serialised write transaction; commits on clean exit, rolls back otherwise."""
+        with self.engine.connect().execution_options(rod_writer=True) as conn, conn.begin():
+            head = conn.execute(
+                select(chain_head.c.position, chain_head.c.hash)
+                .where(chain_head.c.id == 1)
+                .with_for_update()
+            ).one()
+            appender = Appender(conn, self.codec, head.position, head.hash)
+            yield appender
+            appender.flush()
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            yield conn
+
+    def secret(self, key: str, make: Any) -> bytes:
+        """A per-installation secret kept in the database (made on first use)."""
+        with self.engine.begin() as conn:
+            row = conn.execute(select(meta.c.value).where(meta.c.key == key)).first()
+            if row:
+                return bytes(row.value)
+        value = make()
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(meta).values(key=key, value=value))
+        except IntegrityError:
+            pass
+        with self.engine.connect() as conn:
+            return bytes(conn.execute(select(meta.c.value).where(meta.c.key == key)).scalar_one())
+
+    def last_position(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(select(chain_head.c.position).where(chain_head.c.id == 1)).scalar_one()
+
+    def events_after(self, position: int, limit: int) -> list[StoredEvent]:
+        """Events with a position above `position`, in position order."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(
+                    events.c.position, events.c.event_id, events.c.stream_id, events.c.version,
+                    events.c.event_type, events.c.payload, events.c.hash,
+                )
+                .where(events.c.position > position)
+                .order_by(events.c.position)
+                .limit(limit)
+            )
+            return [StoredEvent(*row) for row in rows]
+
+    def stream(self, result_id: str) -> list[StoredEvent]:
+        """All events of one result, oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(
+                    events.c.position, events.c.event_id, events.c.stream_id, events.c.version,
+                    events.c.event_type, events.c.payload, events.c.hash,
+                )
+                .where(events.c.stream_id == result_id)
+                .order_by(events.c.version)
+            )
+            return [StoredEvent(*row) for row in rows]

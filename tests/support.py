@@ -1,0 +1,97 @@
+"""Helpers the tests share (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from services.kernel.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Every person number the fixtures use (domain.md's documented examples).
+PERSON_NUMBERS = [
+    "111222333", "123456782", "249566758", "319072356", "012345672", "12345672",
+    "101222331", "106071665", "111252333", "123456789", "101222333", "211222337",
+]
+
+
+class _LogSink(io.TextIOBase):
+    """Collects everything logged, for the person-number scan at the end."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.parts.append(text)
+        return len(text)
+
+    def isatty(self) -> bool:
+        return False
+
+
+LOG_SINK = _LogSink()
+
+
+def run_rod(*args: str, env: dict[str, str], check: bool = False, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the `rod` console script as a user would; its output joins the log scan."""
+    rod = Path(sys.executable).with_name("rod")
+    proc = subprocess.run([str(rod), *args], env=env, capture_output=True, text=True, timeout=timeout)
+    LOG_SINK.write(proc.stdout + proc.stderr)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"rod {' '.join(args)} exited {proc.returncode}: {proc.stderr[-2000:]}")
+    return proc
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment a `rod` subprocess needs to act on the same system as `settings`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROD_")}
+    env.update(
+        ROD_DATA_DIR=str(settings.data_dir),
+        ROD_DATABASE_URL=settings.database_urls["registrar"],
+        ROD_TOPIC_PREFIX=settings.topic_prefix,
+    )
+    if settings.kafka_bootstrap:
+        env["ROD_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap
+    if settings.catalogue:
+        env["ROD_CATALOGUE"] = str(settings.catalogue)
+    return env
+
+
+def read_topic(bootstrap: str, topic: str, at_least: int, timeout: float = 30.0) -> list:
+    """Every record on `topic` from the beginning, waiting until there are `at_least`."""
+    import time
+
+    from kafka import TopicPartition
+
+    from services.kernel import kafka
+
+    consumer = kafka.consumer(bootstrap, group_id=None)
+    try:
+        deadline = time.monotonic() + timeout
+        partitions = None
+        while partitions is None and time.monotonic() < deadline:
+            found = consumer.partitions_for_topic(topic)
+            partitions = [TopicPartition(topic, p) for p in sorted(found)] if found else None
+            if partitions is None:
+                time.sleep(0.2)
+        if partitions is None:
+            return []
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        records: list = []
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline:
+            batches = consumer.poll(timeout_ms=200, max_records=10_000).values()
+            for batch in batches:
+                records.extend(batch)
+            if batches:
+                quiet_since = time.monotonic()
+            elif len(records) >= at_least and time.monotonic() - quiet_since > 1.0:
+                break  # enough, and nothing more arrived for a second: the end of the topic
+        return records
+    finally:
+        consumer.close()

@@ -1,0 +1,29 @@
+"""The masking processor: no call site can log a person number."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from services.kernel import logging as rod_logging
+from tests.support import LOG_SINK
+
+
+def test_person_numbers_are_masked_in_messages_values_and_exceptions() -> None:
+    out = io.StringIO()
+    rod_logging.configure(stream=out, json=True)
+    try:
+        log = rod_logging.get_logger("test")
+        try:
+            raise ValueError("bad bsn 111222333")
+        except ValueError:
+            log.exception("rejected 123456782", detail={"numbers": ["249 566 758", "1012.22.331"]}, position=123456789)
+    finally:
+        rod_logging.configure(stream=LOG_SINK, json=True)
+    line = out.getvalue()
+    for number in ("111222333", "123456782", "249 566 758", "1012.22.331"):
+        assert number not in line
+    entry = json.loads(line)
+    assert entry["event"] == "rejected *****782"
+    assert entry["detail"]["numbers"] == ["*****758", "*****331"]
+    assert entry["position"] == 123456789  # integers are positions, offsets, counts: kept
