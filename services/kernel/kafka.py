@@ -23,6 +23,14 @@ FOREVER = {"retention.ms": "-1", "retention.bytes": "-1"}
 # Base names are fixed in interfaces.md; the cluster name gets ROD_TOPIC_PREFIX.
 TOPICS: dict[str, TopicSpec] = {
     "rod.results.v1": TopicSpec(6, FOREVER),
+    "rod.feed.cibg-big.v1": TopicSpec(6, FOREVER),
+    "rod.feed.mijnoverheid.v1": TopicSpec(6, FOREVER),
+    "rod.feed.extract.v1": TopicSpec(6, FOREVER),
+    "rod.deliveries.v1": TopicSpec(6, FOREVER),
+    "rod.extracts.v1": TopicSpec(3, FOREVER),
+    "rod.reports.v1": TopicSpec(1, FOREVER),
+    "rod.deadletter.v1": TopicSpec(1, FOREVER),
+    "rod.operations.v1": TopicSpec(1, FOREVER),
 }
 
 # A group join takes ~23 s on the local broker unless these are set; fetches wait their full
