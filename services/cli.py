@@ -52,14 +52,19 @@ def up(ctx: click.Context, port: int, data_dir: str | None) -> None:
     try:
         kafka.ensure_topics(settings, bootstrap)
         relay = Relay(EventStore(settings.database_urls["registrar"]), settings, bootstrap)
-        worker = threading.Thread(target=relay.run, args=(stop,), name="relay", daemon=True)
-        worker.start()
+        # Each component runs until `stop` is set; add new services here.
+        workers = [
+            threading.Thread(target=relay.run, args=(stop,), name="relay", daemon=True),
+        ]
+        for worker in workers:
+            worker.start()
         log.info("rodchain_up", bootstrap=bootstrap, data_dir=str(settings.data_dir))
         click.echo(f"rodchain up: data in {settings.data_dir}; Ctrl-C to stop")
         while not stop.wait(1):
             pass
         click.echo("stopping")
-        worker.join(timeout=30)
+        for worker in workers:
+            worker.join(timeout=30)
         relay.close()
     finally:
         if broker:
