@@ -69,5 +69,6 @@ def configure(stream: TextIO | None = None, json: bool | None = None, level: int
 
 
 def get_logger(name: str) -> Any:
-    """A logger bound with the component name."""
-    return structlog.get_logger().bind(component=name)
+    """A logger with the component name; lazy, so module-level loggers made before
+    configure() still follow it (an eager bind() would freeze the default set-up)."""
+    return structlog.get_logger(component=name)

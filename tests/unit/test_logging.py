@@ -27,3 +27,17 @@ def test_person_numbers_are_masked_in_messages_values_and_exceptions() -> None:
     assert entry["event"] == "rejected *****782"
     assert entry["detail"]["numbers"] == ["*****758", "*****331"]
     assert entry["position"] == 123456789  # integers are positions, offsets, counts: kept
+
+
+MADE_AT_IMPORT = rod_logging.get_logger("imported")
+
+
+def test_a_logger_made_before_configure_follows_it() -> None:
+    out = io.StringIO()
+    rod_logging.configure(stream=out, json=True)
+    try:
+        MADE_AT_IMPORT.info("batch_started", bsn="111222333")
+    finally:
+        rod_logging.configure(stream=LOG_SINK, json=True)
+    entry = json.loads(out.getvalue())
+    assert (entry["component"], entry["bsn"]) == ("imported", "*****333")
