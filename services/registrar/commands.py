@@ -32,7 +32,14 @@ from services.registrar.rules import (
     check_registration,
     today_in_amsterdam,
 )
-from services.registrar.store import Appender, EventStore, ResultState, event_id_for, now_millis
+from services.registrar.store import (
+    Appender,
+    EventStore,
+    ResultState,
+    event_id_for,
+    new_result_id,
+    now_millis,
+)
 
 log = get_logger("registrar")
 
@@ -244,7 +251,7 @@ class Registrar:
 
     def _identity_key(self, institution: str, person_number: str, diploma_number: str) -> str:
         message = f"{institution}|{person_number}|{diploma_number}".encode()
-        return hmac.new(self._identity_secret, message, hashlib.sha256).hexdigest()
+        return hmac.digest(self._identity_secret, message, "sha256").hex()
 
     def _check_registration(
         self, index: int, raw: Mapping[str, object], acting: str
@@ -303,7 +310,7 @@ class Registrar:
                 return Outcome("rejected", result_id=state.result_id, errors=[problem("RESULT_CONFLICT")])
             return Outcome("duplicate", state.result_id, state.registered_event_id, state.position,
                            state.version, warnings=p.warnings)
-        result_id = state.result_id if state else str(uuid.uuid4())
+        result_id = state.result_id if state else new_result_id()
         version = state.version + 1 if state else 1
         event_id = event_id_for(result_id, version)
         record = {
