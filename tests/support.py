@@ -14,8 +14,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Every person number the fixtures use (domain.md's documented examples).
 PERSON_NUMBERS = [
-    "111222333", "123456782", "249566758", "319072356", "012345672", "12345672",
-    "101222331", "106071665", "111252333", "123456789", "101222333", "211222337",
+    "111222333",
+    "123456782",
+    "249566758",
+    "319072356",
+    "012345672",
+    "12345672",
+    "101222331",
+    "106071665",
+    "111252333",
+    "123456789",
+    "101222333",
+    "211222337",
 ]
 
 
@@ -36,7 +46,9 @@ class _LogSink(io.TextIOBase):
 LOG_SINK = _LogSink()
 
 
-def run_rod(*args: str, env: dict[str, str], check: bool = False, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_rod(
+    *args: str, env: dict[str, str], check: bool = False, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     """Run the `rod` console script as a user would; its output joins the log scan."""
     rod = Path(sys.executable).with_name("rod")
     proc = subprocess.run([str(rod), *args], env=env, capture_output=True, text=True, timeout=timeout)

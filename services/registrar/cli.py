@@ -38,8 +38,12 @@ def institution() -> None:
 @institution.command("add")
 @click.argument("code")
 @click.option("--name", required=True, help="The institution's name.")
-@click.option("--sectors", default="VO,PRO,VSO,MBO,HO", show_default=True,
-              help="Comma-separated sectors: VO, PRO, VSO, MBO, HO.")
+@click.option(
+    "--sectors",
+    default="VO,PRO,VSO,MBO,HO",
+    show_default=True,
+    help="Comma-separated sectors: VO, PRO, VSO, MBO, HO.",
+)
 @click.option("--unfunded", is_flag=True, help="Not funded: only recognised programmes.")
 @click.pass_context
 def institution_add(ctx: click.Context, code: str, name: str, sectors: str, unfunded: bool) -> None:
@@ -61,8 +65,11 @@ def institution_add(ctx: click.Context, code: str, name: str, sectors: str, unfu
 @click.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--institution", "institution_code", required=True, help="instellingscode you deliver for.")
-@click.option("--feedback", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also write the feedback of every record to this CSV file.")
+@click.option(
+    "--feedback",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the feedback of every record to this CSV file.",
+)
 @click.pass_context
 def import_file(ctx: click.Context, file: Path, institution_code: str, feedback: Path | None) -> None:
     """Import a bulk CSV or XML file. Exit 0: all accepted, 1: some rejected, 2: file refused."""
@@ -74,10 +81,12 @@ def import_file(ctx: click.Context, file: Path, institution_code: str, feedback:
 
     def show(record: RecordFeedback) -> None:
         if writer:
-            writer.writerow([record.record, record.line, record.outcome, record.result_id or "",
-                             " ".join(record.codes)])
+            writer.writerow(
+                [record.record, record.line, record.outcome, record.result_id or "", " ".join(record.codes)]
+            )
         if record.outcome == "rejected" or record.codes:
-            click.echo(f"record {record.record} (line {record.line}): {record.outcome} {' '.join(record.codes)}")
+            codes = " ".join(record.codes)
+            click.echo(f"record {record.record} (line {record.line}): {record.outcome} {codes}")
 
     try:
         summary = registrar.import_file(file, institution_code, on_record=show)
@@ -97,8 +106,11 @@ def import_file(ctx: click.Context, file: Path, institution_code: str, feedback:
 
 @click.command("delete")
 @click.argument("result_id")
-@click.option("--reason", required=True, help="FRAUD, ADMINISTRATIVE_ERROR, EXTRA_COURSES_OR_GRADE_IMPROVEMENT, "
-              "WRONG_PERSON_OR_DATA or OTHER.")
+@click.option(
+    "--reason",
+    required=True,
+    help="FRAUD, ADMINISTRATIVE_ERROR, EXTRA_COURSES_OR_GRADE_IMPROVEMENT, WRONG_PERSON_OR_DATA or OTHER.",
+)
 @click.option("--explanation", default=None, help="Required for FRAUD and OTHER.")
 @click.pass_context
 def delete_result(ctx: click.Context, result_id: str, reason: str, explanation: str | None) -> None:
@@ -119,14 +131,20 @@ def verify_chain(ctx: click.Context) -> None:
     if verdict.ok:
         click.echo(f"chain intact: {verdict.checked} events verified")
         return
-    click.echo(f"chain BROKEN at position {verdict.broken_position}: {verdict.reason} "
-               f"({verdict.checked} events before it verified)")
+    click.echo(
+        f"chain BROKEN at position {verdict.broken_position}: {verdict.reason} "
+        f"({verdict.checked} events before it verified)"
+    )
     sys.exit(1)
 
 
 @click.command("relay")
-@click.option("--from-position", type=click.IntRange(min=1), default=None,
-              help="Publish again from this position on (after a broker lost data).")
+@click.option(
+    "--from-position",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Publish again from this position on (after a broker lost data).",
+)
 @click.pass_context
 def relay(ctx: click.Context, from_position: int | None) -> None:
     """Publish stored events to rod.results.v1 until caught up, then exit."""

@@ -113,8 +113,14 @@ class _Pending:
 def _data_digest(reg: Registration) -> str:
     """What must be equal for a repeat to be idempotent rather than a conflict."""
     data = "|".join(
-        (reg.person_kind, reg.branch, reg.provider or "", reg.sector,
-         reg.programme_code.upper(), reg.diploma_date.isoformat())
+        (
+            reg.person_kind,
+            reg.branch,
+            reg.provider or "",
+            reg.sector,
+            reg.programme_code.upper(),
+            reg.diploma_date.isoformat(),
+        )
     )
     return hashlib.sha256(data.encode()).hexdigest()
 
@@ -123,7 +129,9 @@ class Registrar:
     """The registrar's service layer over one event store and one catalogue."""
 
     def __init__(
-        self, event_store: EventStore, catalogue: Catalogue,
+        self,
+        event_store: EventStore,
+        catalogue: Catalogue,
         today: Callable[[], date] = today_in_amsterdam,
     ) -> None:
         self.store = event_store
@@ -141,11 +149,16 @@ class Registrar:
         with self.store.engine.begin() as conn:
             conn.execute(
                 insert(store.institutions).values(
-                    code=code, name=name, sectors=",".join(sorted(set(sectors))),
-                    funded=funded, created_at=now,
+                    code=code,
+                    name=name,
+                    sectors=",".join(sorted(set(sectors))),
+                    funded=funded,
+                    created_at=now,
                 )
             )
-            conn.execute(insert(store.tokens).values(token_hash=hash_token(token), institution=code, created_at=now))
+            conn.execute(
+                insert(store.tokens).values(token_hash=hash_token(token), institution=code, created_at=now)
+            )
         log.info("institution_added", institution=code)
         return token
 
@@ -153,7 +166,8 @@ class Registrar:
         """The institution with this code, or None (cached; a miss asks the database)."""
         if code not in self._institutions:
             with self.store.reading() as conn:
-                row = conn.execute(select(store.institutions).where(store.institutions.c.code == code)).first()
+                query = select(store.institutions).where(store.institutions.c.code == code)
+                row = conn.execute(query).first()
             if row is None:
                 return None
             self._institutions[code] = Institution(
@@ -163,7 +177,9 @@ class Registrar:
 
     # single commands
 
-    def register(self, raw: Mapping[str, object], acting_institution: str, batch_id: str | None = None) -> Outcome:
+    def register(
+        self, raw: Mapping[str, object], acting_institution: str, batch_id: str | None = None
+    ) -> Outcome:
         """Register one result (idempotent for an identical repeat)."""
         pending, outcome = self._check_registration(0, raw, acting_institution)
         if outcome:
@@ -172,25 +188,34 @@ class Registrar:
             return self._apply(tx, [pending], batch_id)[0]
 
     def delete(
-        self, result_id: str, reason: object, explanation: object,
-        acting_institution: str | None = None, batch_id: str | None = None,
+        self,
+        result_id: str,
+        reason: object,
+        explanation: object,
+        acting_institution: str | None = None,
+        batch_id: str | None = None,
     ) -> Outcome:
         """Delete a result by id; `acting_institution` None means an operator acting for all."""
         errors = check_deletion(reason, explanation)
         if errors:
             return Outcome("rejected", result_id=result_id, errors=errors)
-        pending = _Pending(0, "delete", result_id=result_id, reason=str(reason),
-                           explanation=_text(explanation))
+        pending = _Pending(
+            0, "delete", result_id=result_id, reason=str(reason), explanation=_text(explanation)
+        )
         with self.store.appending() as tx:
             state = tx.state_by_id(result_id)
             if state and acting_institution and state.institution != acting_institution:
-                return Outcome("rejected", result_id=result_id, errors=[problem("INSTITUTION_FORBIDDEN", "result_id")])
+                forbidden = problem("INSTITUTION_FORBIDDEN", "result_id")
+                return Outcome("rejected", result_id=result_id, errors=[forbidden])
             return self._apply(tx, [pending], batch_id)[0]
 
     # bulk
 
     def import_file(
-        self, path: Path, acting_institution: str, content_type: str | None = None,
+        self,
+        path: Path,
+        acting_institution: str,
+        content_type: str | None = None,
         on_record: Callable[[RecordFeedback], None] | None = None,
     ) -> BatchSummary:
         """Import a bulk file record by record; raises FileRefused when it is refused whole."""
@@ -215,8 +240,12 @@ class Registrar:
                 if on_record:
                     on_record(feedback)
         log.info(
-            "batch_finished", batch_id=summary.batch_id, accepted=summary.accepted,
-            duplicate=summary.duplicate, rejected=summary.rejected, warnings=summary.warnings,
+            "batch_finished",
+            batch_id=summary.batch_id,
+            accepted=summary.accepted,
+            duplicate=summary.duplicate,
+            rejected=summary.rejected,
+            warnings=summary.warnings,
         )
         return summary
 
@@ -257,8 +286,11 @@ class Registrar:
         self, index: int, raw: Mapping[str, object], acting: str
     ) -> tuple[_Pending | None, Outcome | None]:
         checked = check_registration(
-            raw, acting_institution=acting, institutions=self.institution,
-            catalogue=self.catalogue, today=self.today(),
+            raw,
+            acting_institution=acting,
+            institutions=self.institution,
+            catalogue=self.catalogue,
+            today=self.today(),
         )
         reg = checked.registration
         if reg is None:
@@ -280,8 +312,9 @@ class Registrar:
         if errors or person is None or not diploma_number:
             return None, Outcome("rejected", errors=errors)
         key = self._identity_key(acting, person[1], diploma_number)
-        return _Pending(index, "delete", key, reason=fields.get("reason"),
-                        explanation=_text(fields.get("explanation"))), None
+        return _Pending(
+            index, "delete", key, reason=fields.get("reason"), explanation=_text(fields.get("explanation"))
+        ), None
 
     def _apply(self, tx: Appender, pendings: list[_Pending], batch_id: str | None) -> list[Outcome]:
         """Decide each command against the current state and append its event (in order)."""
@@ -308,22 +341,39 @@ class Registrar:
         if state is not None and state.status == "registered":
             if state.data_digest != digest:
                 return Outcome("rejected", result_id=state.result_id, errors=[problem("RESULT_CONFLICT")])
-            return Outcome("duplicate", state.result_id, state.registered_event_id, state.position,
-                           state.version, warnings=p.warnings)
+            return Outcome(
+                "duplicate",
+                state.result_id,
+                state.registered_event_id,
+                state.position,
+                state.version,
+                warnings=p.warnings,
+            )
         result_id = state.result_id if state else new_result_id()
         version = state.version + 1 if state else 1
         event_id = event_id_for(result_id, version)
         record = {
-            "event_id": event_id, "result_id": result_id, "version": version,
-            "recorded_at": now_millis(), "institution": reg.institution, "batch_id": batch_id,
-            "person_kind": reg.person_kind, "person_number": reg.person_number,
-            "branch": reg.branch, "provider": reg.provider, "sector": reg.sector,
-            "programme_code": reg.programme_code, "programme_name": reg.programme_name,
-            "big_profession": reg.big_profession, "diploma_number": reg.diploma_number,
-            "diploma_date": reg.diploma_date, "warnings": [w.code for w in p.warnings],
+            "event_id": event_id,
+            "result_id": result_id,
+            "version": version,
+            "recorded_at": now_millis(),
+            "institution": reg.institution,
+            "batch_id": batch_id,
+            "person_kind": reg.person_kind,
+            "person_number": reg.person_number,
+            "branch": reg.branch,
+            "provider": reg.provider,
+            "sector": reg.sector,
+            "programme_code": reg.programme_code,
+            "programme_name": reg.programme_name,
+            "big_profession": reg.big_profession,
+            "diploma_number": reg.diploma_number,
+            "diploma_date": reg.diploma_date,
+            "warnings": [w.code for w in p.warnings],
         }
-        new_state = ResultState(result_id, p.identity_key, reg.institution, version, "registered",
-                                event_id, digest, 0)
+        new_state = ResultState(
+            result_id, p.identity_key, reg.institution, version, "registered", event_id, digest, 0
+        )
         stored = tx.append("ResultRegistered", record, new_state)
         return Outcome("accepted", result_id, event_id, stored.position, version, warnings=p.warnings)
 
@@ -337,13 +387,26 @@ class Registrar:
         version = state.version + 1
         event_id = event_id_for(state.result_id, version)
         record = {
-            "event_id": event_id, "result_id": state.result_id, "version": version,
-            "recorded_at": now_millis(), "institution": state.institution, "batch_id": batch_id,
-            "registered_event_id": state.registered_event_id, "reason": p.reason,
+            "event_id": event_id,
+            "result_id": state.result_id,
+            "version": version,
+            "recorded_at": now_millis(),
+            "institution": state.institution,
+            "batch_id": batch_id,
+            "registered_event_id": state.registered_event_id,
+            "reason": p.reason,
             "explanation": p.explanation,
         }
-        new_state = ResultState(state.result_id, state.identity_key, state.institution, version,
-                                "deleted", state.registered_event_id, state.data_digest, 0)
+        new_state = ResultState(
+            state.result_id,
+            state.identity_key,
+            state.institution,
+            version,
+            "deleted",
+            state.registered_event_id,
+            state.data_digest,
+            0,
+        )
         stored = tx.append("ResultDeleted", record, new_state)
         return Outcome("accepted", state.result_id, event_id, stored.position, version)
 

@@ -31,8 +31,14 @@ def verify(event_store: EventStore) -> Verdict:
     with event_store.reading() as conn:
         while True:
             rows = conn.execute(
-                select(events.c.position, events.c.event_id, events.c.stream_id, events.c.version,
-                       events.c.payload, events.c.hash)
+                select(
+                    events.c.position,
+                    events.c.event_id,
+                    events.c.stream_id,
+                    events.c.version,
+                    events.c.payload,
+                    events.c.hash,
+                )
                 .where(events.c.position >= expected)
                 .order_by(events.c.position)
                 .limit(PAGE)
@@ -42,7 +48,8 @@ def verify(event_store: EventStore) -> Verdict:
             for row in rows:
                 reason = _check(codec, row, expected, prev_hash)
                 if reason:
-                    return Verdict(False, expected - 1, row.position if row.position == expected else expected, reason)
+                    broken = row.position if row.position == expected else expected
+                    return Verdict(False, expected - 1, broken, reason)
                 prev_hash = bytes(row.hash)
                 expected += 1
         head = conn.execute(select(chain_head.c.position, chain_head.c.hash)).one()
@@ -63,7 +70,10 @@ def _check(codec, row, expected: int, prev_hash: bytes) -> str | None:  # noqa: 
     if recomputed != record["hash"] or recomputed != bytes(row.hash):
         return "hash does not match the event's contents"
     if (record["position"], record["event_id"], record["result_id"], record["version"]) != (
-        row.position, row.event_id, row.stream_id, row.version,
+        row.position,
+        row.event_id,
+        row.stream_id,
+        row.version,
     ):
         return "payload disagrees with the stored columns"
     return None

@@ -32,20 +32,38 @@ def _fill(settings: Settings, tmp_path: Path) -> EventStore:
     registrar.add_institution("25BE", "Universiteit Test", ["HO"])
     file = tmp_path / "events.csv"
     rows = (
-        {"bsn": PEOPLE[i % 4], "instellingscode": "25BE", "vestigingscode": "25BE01", "sector": "HO",
-         "opleidingscode": "56551", "diplomavolgnummer": f"K{i}", "diplomadatum": "2026-07-01"}
+        {
+            "bsn": PEOPLE[i % 4],
+            "instellingscode": "25BE",
+            "vestigingscode": "25BE01",
+            "sector": "HO",
+            "opleidingscode": "56551",
+            "diplomavolgnummer": f"K{i}",
+            "diplomadatum": "2026-07-01",
+        }
         for i in range(EVENTS // 2)
     )
     write_csv(file, rows)
     registrar.import_file(file, "25BE")
     # delete every result again: each result then has two events whose order matters
     deletions = tmp_path / "deletions.csv"
-    write_csv(deletions, (
-        {"actie": "verwijderen", "bsn": PEOPLE[i % 4], "instellingscode": "25BE", "vestigingscode": "25BE01",
-         "sector": "HO", "opleidingscode": "56551", "diplomavolgnummer": f"K{i}", "diplomadatum": "2026-07-01",
-         "reden": "ADMINISTRATIVE_ERROR"}
-        for i in range(EVENTS // 2)
-    ))
+    write_csv(
+        deletions,
+        (
+            {
+                "actie": "verwijderen",
+                "bsn": PEOPLE[i % 4],
+                "instellingscode": "25BE",
+                "vestigingscode": "25BE01",
+                "sector": "HO",
+                "opleidingscode": "56551",
+                "diplomavolgnummer": f"K{i}",
+                "diplomadatum": "2026-07-01",
+                "reden": "ADMINISTRATIVE_ERROR",
+            }
+            for i in range(EVENTS // 2)
+        ),
+    )
     registrar.import_file(deletions, "25BE")
     assert store.last_position() == EVENTS
     return store

@@ -19,8 +19,13 @@ from tests.support import LOG_SINK, read_topic, run_rod, settings_env
 CATALOGUE = Path(__file__).resolve().parents[1] / "fixtures" / "catalogue.csv"
 
 ROW = {
-    "bsn": "249566758", "instellingscode": "25BE", "vestigingscode": "25BE01", "sector": "HO",
-    "opleidingscode": "56551", "diplomavolgnummer": "CLI-1", "diplomadatum": "2026-07-01",
+    "bsn": "249566758",
+    "instellingscode": "25BE",
+    "vestigingscode": "25BE01",
+    "sector": "HO",
+    "opleidingscode": "56551",
+    "diplomavolgnummer": "CLI-1",
+    "diplomadatum": "2026-07-01",
 }
 
 
@@ -32,7 +37,9 @@ def test_a_result_registered_with_the_cli_is_stored_verified_and_published(
     settings: Settings, tmp_path: Path
 ) -> None:
     env = cli_env(settings)
-    added = run_rod("institution", "add", "25BE", "--name", "Universiteit Test", "--sectors", "HO", env=env, check=True)
+    added = run_rod(
+        "institution", "add", "25BE", "--name", "Universiteit Test", "--sectors", "HO", env=env, check=True
+    )
     token = added.stdout.strip().splitlines()[-1]
     assert len(token) >= 40
     file = tmp_path / "one.csv"
@@ -56,16 +63,23 @@ def test_a_result_registered_with_the_cli_is_stored_verified_and_published(
 
 def test_one_changed_payload_byte_breaks_verify_at_that_position(settings: Settings, tmp_path: Path) -> None:
     env = cli_env(settings)
-    run_rod("institution", "add", "25BE", "--name", "Universiteit Test", "--sectors", "HO", env=env, check=True)
+    run_rod(
+        "institution", "add", "25BE", "--name", "Universiteit Test", "--sectors", "HO", env=env, check=True
+    )
     file = tmp_path / "three.csv"
     write_csv(file, [{**ROW, "diplomavolgnummer": f"CLI-{i}"} for i in range(3)])
     run_rod("import", str(file), "--institution", "25BE", env=env, check=True)
     engine = sqlalchemy.create_engine(settings.database_urls["registrar"])
     with engine.begin() as conn:
-        payload = bytearray(conn.exec_driver_sql("SELECT payload FROM registrar_events WHERE position = 2").scalar_one())
+        payload = bytearray(
+            conn.exec_driver_sql("SELECT payload FROM registrar_events WHERE position = 2").scalar_one()
+        )
         index = payload.index(b"CLI-1")
         payload[index + 4] = ord("9")
-        conn.execute(sqlalchemy.text("UPDATE registrar_events SET payload = :p WHERE position = 2"), {"p": bytes(payload)})
+        conn.execute(
+            sqlalchemy.text("UPDATE registrar_events SET payload = :p WHERE position = 2"),
+            {"p": bytes(payload)},
+        )
     engine.dispose()
     verdict = run_rod("verify", env=env)
     assert verdict.returncode == 1
@@ -75,8 +89,11 @@ def test_one_changed_payload_byte_breaks_verify_at_that_position(settings: Setti
 def _start_up(env: dict[str, str], data_dir: Path) -> tuple[subprocess.Popen[str], str]:
     rod = Path(sys.executable).with_name("rod")
     proc = subprocess.Popen(
-        [str(rod), "up", "--data-dir", str(data_dir)], env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [str(rod), "up", "--data-dir", str(data_dir)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 60
     bootstrap_file = data_dir / "kafka.bootstrap"
@@ -99,7 +116,9 @@ def test_rod_up_restarted_publishes_every_stored_event_again(settings: Settings,
     env = cli_env(settings)
     env.pop("ROD_KAFKA_BOOTSTRAP")  # `rod up` starts the local broker itself
     data_dir = Path(env["ROD_DATA_DIR"])
-    run_rod("institution", "add", "25BE", "--name", "Universiteit Test", "--sectors", "HO", env=env, check=True)
+    run_rod(
+        "institution", "add", "25BE", "--name", "Universiteit Test", "--sectors", "HO", env=env, check=True
+    )
     file = tmp_path / "five.csv"
     write_csv(file, [{**ROW, "diplomavolgnummer": f"UP-{i}"} for i in range(5)])
     run_rod("import", str(file), "--institution", "25BE", env=env, check=True)

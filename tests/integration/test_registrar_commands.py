@@ -18,8 +18,13 @@ CATALOGUE = Path(__file__).resolve().parents[1] / "fixtures" / "catalogue.csv"
 
 def result(**changes: str) -> dict[str, str]:
     base = {
-        "bsn": "111222333", "institution": "25BE", "branch": "25BE01", "sector": "HO",
-        "programme_code": "56551", "diploma_number": "GEN-2026-1", "diploma_date": "2026-07-01",
+        "bsn": "111222333",
+        "institution": "25BE",
+        "branch": "25BE01",
+        "sector": "HO",
+        "programme_code": "56551",
+        "diploma_number": "GEN-2026-1",
+        "diploma_date": "2026-07-01",
     }
     return {**base, **changes}
 
@@ -51,7 +56,11 @@ def test_identical_repeat_is_idempotent_and_writes_nothing(registrar: Registrar)
     first = registrar.register(result(), "25BE")
     again = registrar.register(result(bsn="111.222.333"), "25BE")
     assert again.outcome == "duplicate"
-    assert (again.result_id, again.event_id, again.position) == (first.result_id, first.event_id, first.position)
+    assert (again.result_id, again.event_id, again.position) == (
+        first.result_id,
+        first.event_id,
+        first.position,
+    )
     assert registrar.store.last_position() == 1
 
 
@@ -72,7 +81,9 @@ def test_deletion_then_reregistration_is_a_new_version_of_the_same_result(regist
     assert (back.outcome, back.result_id, back.version) == ("accepted", first.result_id, 3)
     history = events_of(registrar, first.result_id)
     assert [(k, v) for k, v, _ in history] == [
-        ("ResultRegistered", 1), ("ResultDeleted", 2), ("ResultRegistered", 3),
+        ("ResultRegistered", 1),
+        ("ResultDeleted", 2),
+        ("ResultRegistered", 3),
     ]
     assert history[1][2]["registered_event_id"] == first.event_id
     assert verify(registrar.store).ok

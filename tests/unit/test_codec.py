@@ -82,7 +82,7 @@ def test_no_schema_uses_a_named_type_twice() -> None:
     for path in SCHEMA_DIR.glob("*.avsc"):
         names: list[str] = []
 
-        def walk(node: object) -> None:
+        def walk(node: object, names: list[str] = names) -> None:
             if isinstance(node, dict):
                 if node.get("type") in ("record", "enum", "fixed"):
                     names.append(node["name"])

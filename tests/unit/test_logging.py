@@ -17,7 +17,9 @@ def test_person_numbers_are_masked_in_messages_values_and_exceptions() -> None:
         try:
             raise ValueError("bad bsn 111222333")
         except ValueError:
-            log.exception("rejected 123456782", detail={"numbers": ["249 566 758", "1012.22.331"]}, position=123456789)
+            log.exception(
+                "rejected 123456782", detail={"numbers": ["249 566 758", "1012.22.331"]}, position=123456789
+            )
     finally:
         rod_logging.configure(stream=LOG_SINK, json=True)
     line = out.getvalue()
