@@ -161,6 +161,60 @@ CODES: dict[str, tuple[str, str]] = {
         "Deze regel kan niet worden gelezen (aantal kolommen of structuur).",
         "This record cannot be read (wrong column count or structure); other records go on.",
     ),
+    # the HTTP API
+    "TOKEN_MISSING": (
+        "Stuur een bearer token mee (Authorization: Bearer ...).",
+        "The request carries no bearer token.",
+    ),
+    "TOKEN_INVALID": (
+        "Het token is onbekend of ongeldig.",
+        "The bearer token is not known to the register.",
+    ),
+    "BODY_MALFORMED": (
+        "Het verzoek kan niet worden gelezen (verwacht een JSON-object).",
+        "The request body is not a readable JSON object.",
+    ),
+    "BODY_TOO_LARGE": (
+        "Het verzoek is te groot.",
+        "The request body exceeds the size limit.",
+    ),
+    "CONTENT_TYPE_UNSUPPORTED": (
+        "Dit type inhoud wordt hier niet aangenomen (text/csv of application/xml).",
+        "The Content-Type is not one this endpoint accepts (text/csv or application/xml).",
+    ),
+    "PARAMETER_INVALID": (
+        "Een parameter in het adres is ongeldig.",
+        "A path or query parameter is invalid.",
+    ),
+    "BATCH_NOT_FOUND": (
+        "De aanlevering is niet gevonden.",
+        "No batch with this id exists.",
+    ),
+    "NOT_FOUND": (
+        "Dit adres bestaat niet.",
+        "No endpoint at this path.",
+    ),
+    "METHOD_NOT_ALLOWED": (
+        "Deze methode is hier niet toegestaan.",
+        "The endpoint does not accept this HTTP method.",
+    ),
+    "INTERNAL_ERROR": (
+        "Er ging iets mis in het register; noem het correlatienummer als u contact opneemt.",
+        "An unexpected error; the answer carries a correlation id to quote.",
+    ),
+    # chain impact of a deletion (not errors: what the answer tells the institution)
+    "IMPACT_NONE": (
+        "Dit resultaat is nog niet aan afnemers doorgegeven en er is geen uittreksel van verstrekt.",
+        "The result has not reached any consumer and no extract showed it.",
+    ),
+    "IMPACT_DELIVERED": (
+        "Let op: dit resultaat is al aan afnemers doorgegeven; zij krijgen bericht van de verwijdering.",
+        "The result was already delivered to consumers; they receive a withdrawal notice.",
+    ),
+    "IMPACT_EXTRACT_ISSUED": (
+        "Let op: er is al een uittreksel met dit resultaat verstrekt; dat uittreksel blijft bestaan.",
+        "An extract showing the result was already issued; it cannot be called back.",
+    ),
     # warnings (registered, with a remark)
     "LATE_DELIVERY": (
         "Let op: de diplomadatum ligt meer dan een jaar voor de aanlevering.",

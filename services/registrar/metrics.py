@@ -1,0 +1,86 @@
+"""The registrar's Prometheus metrics: names start with `rod_`, labels never carry personal data.
+
+Counters and histograms live in the process-wide registry, so every service in the process
+shows up on one `/metrics`. Relay position and lag are read from the event store at scrape
+time by a collector bound to one store (a registry of its own, per app).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import select
+
+from services.registrar.rules import DELETION_REASONS
+from services.registrar.store import EventStore, chain_head, relay_progress
+
+REGISTRATIONS = Counter(
+    "rod_registrations_total",
+    "Single registrations over HTTP by outcome; code is the first rejection code, else none.",
+    ["outcome", "code"],
+)
+DELETIONS = Counter("rod_deletions_total", "Deletions recorded over HTTP, by reason.", ["reason"])
+BATCH_RECORDS = Histogram(
+    "rod_batch_records",
+    "Records per uploaded bulk file.",
+    buckets=(1, 10, 100, 1_000, 10_000, 100_000, 1_000_000),
+)
+BATCH_OUTCOMES = Counter(
+    "rod_batch_record_outcomes_total", "Records of uploaded bulk files, by outcome.", ["outcome"]
+)
+REQUEST_SECONDS = Histogram(
+    "rod_http_request_duration_seconds",
+    "HTTP request latency by method, route template and status.",
+    ["method", "route", "status"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120),
+)
+IMPACT_RECEIPTS = Counter(
+    "rod_registrar_impact_receipts_total",
+    "Delivery receipts and issued extracts the registrar read, by topic and outcome.",
+    ["topic", "outcome"],
+)
+
+_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+_REASONS = frozenset(DELETION_REASONS)
+
+
+def method_label(method: str) -> str:
+    """The HTTP method, or OTHER: a label value never comes straight from the client."""
+    return method if method in _METHODS else "OTHER"
+
+
+def count_deletion(reason: str) -> None:
+    DELETIONS.labels(reason=reason if reason in _REASONS else "OTHER").inc()
+
+
+class RelayCollector(Collector):
+    """Relay progress of one event store, read when scraped."""
+
+    def __init__(self, event_store: EventStore) -> None:
+        self.store = event_store
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with self.store.reading() as conn:
+            head = conn.execute(select(chain_head.c.position)).scalar_one()
+            published = conn.execute(select(relay_progress.c.published_position)).scalar_one()
+        yield GaugeMetricFamily("rod_store_position", "Position of the last stored event.", value=head)
+        yield GaugeMetricFamily(
+            "rod_relay_published_position", "Position of the last event the relay published.", value=published
+        )
+        yield GaugeMetricFamily(
+            "rod_relay_lag_events", "Stored events the relay has not published yet.", value=head - published
+        )
+
+
+class Metrics:
+    """What `/metrics` shows: the process-wide registry plus this app's store collectors."""
+
+    def __init__(self, event_store: EventStore) -> None:
+        self.own = CollectorRegistry(auto_describe=True)
+        self.own.register(RelayCollector(event_store))
+
+    def render(self) -> bytes:
+        return generate_latest(REGISTRY) + generate_latest(self.own)
