@@ -12,6 +12,7 @@ from services.kernel import logging as rod_logging
 from services.kernel.broker import DEFAULT_PORT, LocalBroker, free_port
 from services.kernel.settings import Settings
 from services.registrar import cli as registrar_cli
+from services.registrar import serve as registrar_serve
 from services.registrar.relay import Relay
 from services.registrar.store import EventStore
 
@@ -55,11 +56,14 @@ def up(ctx: click.Context, port: int, data_dir: str | None) -> None:
         # Each component runs until `stop` is set; add new services here.
         workers = [
             threading.Thread(target=relay.run, args=(stop,), name="relay", daemon=True),
+            *(threading.Thread(target=run, args=(stop,), name=name, daemon=True)
+              for name, run in registrar_serve.components(settings, bootstrap, port)),
         ]
         for worker in workers:
             worker.start()
         log.info("rodchain_up", bootstrap=bootstrap, data_dir=str(settings.data_dir))
-        click.echo(f"rodchain up: data in {settings.data_dir}; Ctrl-C to stop")
+        click.echo(f"rodchain up: HTTP API on http://127.0.0.1:{port}, data in {settings.data_dir}; "
+                   "Ctrl-C to stop")
         while not stop.wait(1):
             pass
         click.echo("stopping")
