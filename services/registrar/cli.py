@@ -84,7 +84,7 @@ def import_file(ctx: click.Context, file: Path, institution_code: str, feedback:
             writer.writerow(
                 [record.record, record.line, record.outcome, record.result_id or "", " ".join(record.codes)]
             )
-        if record.outcome == "rejected" or record.codes:
+        if record.outcome == "rejected":  # warnings are counted; --feedback has each one
             codes = " ".join(record.codes)
             click.echo(f"record {record.record} (line {record.line}): {record.outcome} {codes}")
 
@@ -100,6 +100,7 @@ def import_file(ctx: click.Context, file: Path, institution_code: str, feedback:
     click.echo(
         f"batch {summary.batch_id}: {summary.accepted} accepted, {summary.duplicate} duplicate, "
         f"{summary.rejected} rejected, {summary.warnings} with warnings"
+        + (" (which: --feedback FILE)" if summary.warnings and not feedback else "")
     )
     sys.exit(1 if summary.rejected else 0)
 
