@@ -7,6 +7,8 @@ import threading
 
 import click
 
+from services.distributor import cli as distributor_cli
+from services.distributor.loop import Distributor
 from services.kernel import kafka
 from services.kernel import logging as rod_logging
 from services.kernel.broker import DEFAULT_PORT, LocalBroker, free_port
@@ -53,9 +55,11 @@ def up(ctx: click.Context, port: int, data_dir: str | None) -> None:
     try:
         kafka.ensure_topics(settings, bootstrap)
         relay = Relay(EventStore(settings.database_urls["registrar"]), settings, bootstrap)
+        distributor = Distributor(settings, bootstrap)
         # Each component runs until `stop` is set; add new services here.
         workers = [
             threading.Thread(target=relay.run, args=(stop,), name="relay", daemon=True),
+            threading.Thread(target=distributor.run, args=(stop,), name="distributor", daemon=True),
             *(threading.Thread(target=run, args=(stop,), name=name, daemon=True)
               for name, run in registrar_serve.components(settings, bootstrap, port)),
         ]
@@ -70,6 +74,7 @@ def up(ctx: click.Context, port: int, data_dir: str | None) -> None:
         for worker in workers:
             worker.join(timeout=30)
         relay.close()
+        distributor.close()
     finally:
         if broker:
             broker.stop()
@@ -77,5 +82,5 @@ def up(ctx: click.Context, port: int, data_dir: str | None) -> None:
     click.echo("stopped")
 
 
-for command in registrar_cli.COMMANDS:
+for command in registrar_cli.COMMANDS + distributor_cli.COMMANDS:
     main.add_command(command)

@@ -1,0 +1,587 @@
+"""The distributor's delivery ledger: its own tables (distributor_*), SQLite or PostgreSQL.
+
+One row per (subscription, event): UNIQUE(subscription, event_id) and every insert is
+insert-if-absent, so a repeat of an event can never add or change a decision. A row's
+`state` only moves forward: held → pending → published, held → cancelled; skipped rows
+never change. `payload` keeps the exact feed message bytes, so a lost feed is republished
+from here with the same delivery_ids and no new decisions.
+
+`distributor_cursors` holds, per reader and partition of rod.results.v1, the next offset to
+decide and a digest of the record before it. It is advanced by compare-and-set in the same
+transaction as the decisions, so two processes that briefly hold the same partition (a
+rebalance) cannot both record a batch; the digest tells whether the topic is still the one
+the cursor points into (a broker that lost its data gets the events again at other offsets).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    and_,
+    case,
+    create_engine,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from services.distributor.decide import HELD, PENDING, PUBLISHED
+
+metadata = MetaData()
+ROW_ID = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER keys only
+
+subscriptions = Table(
+    "distributor_subscriptions",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("paused", Boolean, nullable=False),
+    Column("mode", String(12), nullable=False),  # live | backfilling (new or replayed)
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("backfill_owner", String(40)),
+    Column("backfill_heartbeat", DateTime(timezone=True)),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+decisions = Table(
+    "distributor_decisions",
+    metadata,
+    Column("id", ROW_ID, primary_key=True, autoincrement=True),
+    Column("subscription", String(64), nullable=False),
+    Column("event_id", String(36), nullable=False),
+    Column("result_id", String(36), nullable=False),
+    Column("institution", String(4), nullable=False),
+    Column("state", String(10), nullable=False),  # held | pending | published | cancelled | skipped
+    Column("kind", String(10)),  # DELIVERY | WITHDRAWAL; null when skipped
+    Column("reason", String(20)),
+    Column("delivery_id", String(36)),
+    Column("payload", LargeBinary),  # the feed message as sent (held: as it will be, re-stamped on release)
+    Column("partition", Integer, nullable=False),  # of the event on rod.results.v1
+    Column("due_at", DateTime(timezone=True)),
+    Column("delivered_at", DateTime(timezone=True)),
+    Column("decided_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("subscription", "event_id", name="uq_distributor_decisions_subscription_event"),
+    Index(
+        "ix_distributor_decisions_open",
+        "state",
+        "partition",
+        sqlite_where=text("state IN ('held', 'pending')"),
+        postgresql_where=text("state IN ('held', 'pending')"),
+    ),
+)
+
+cursors = Table(
+    "distributor_cursors",
+    metadata,
+    Column("reader", String(80), primary_key=True),  # main | backfill:<subscription>
+    Column("partition", Integer, primary_key=True, autoincrement=False),
+    Column("next_offset", BigInteger, nullable=False),
+    Column("last_digest", String(32)),  # of the record at next_offset - 1
+)
+
+topic_offsets = Table(
+    "distributor_topic_offsets",
+    metadata,
+    Column("topic", String(120), primary_key=True),  # base name, without ROD_TOPIC_PREFIX
+    Column("partition", Integer, primary_key=True, autoincrement=False),
+    Column("last_offset", BigInteger, nullable=False),
+)
+
+republish = Table(
+    "distributor_republish",
+    metadata,
+    Column("topic", String(120), primary_key=True),  # a republish from the ledger is under way
+    Column("requested_at", DateTime(timezone=True), nullable=False),
+)
+
+deadletters = Table(
+    "distributor_deadletters",
+    metadata,
+    Column("id", ROW_ID, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("topic", String(120), nullable=False),
+    Column("partition", Integer, nullable=False),
+    Column("offset", BigInteger, nullable=False),
+    Column("key", LargeBinary),
+    Column("value", LargeBinary),
+    Column("error_class", String(120), nullable=False),
+    Column("error_code", String(40), nullable=False),
+    Column("error_message", Text, nullable=False),  # free of personal data
+    Column("attempt", Integer, nullable=False),
+    Column("status", String(10), nullable=False),  # open | replayed | discarded
+    Column("published", Boolean, nullable=False),
+    UniqueConstraint("topic", "partition", "offset", name="uq_distributor_deadletters_origin"),
+)
+
+operations = Table(
+    "distributor_operations",
+    metadata,
+    Column("id", ROW_ID, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("subscription", String(64), nullable=False),
+    Column("action", String(20), nullable=False),
+    Column("reason", Text),
+    Column("actor", String(80), nullable=False),
+)
+
+
+def now() -> datetime:
+    """Now in UTC at the millisecond precision Avro timestamps keep."""
+    moment = datetime.now(UTC)
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+def utc(moment: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes: everything stored here is UTC."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
+def make_engine(url: str) -> Engine:
+    """An engine: SQLite in WAL with writers serialised by BEGIN IMMEDIATE, or PostgreSQL."""
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url, connect_args={"timeout": 60})
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # BEGIN is issued below
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a process kill
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("writer") else "BEGIN")
+
+    return engine
+
+
+@dataclass(frozen=True)
+class SubscriptionState:
+    name: str
+    paused: bool
+    mode: str
+    started_at: datetime
+
+
+@dataclass
+class Row:
+    """A ledger row as the publisher needs it."""
+
+    id: int
+    subscription: str
+    event_id: str
+    result_id: str
+    institution: str
+    state: str
+    kind: str | None
+    reason: str | None
+    delivery_id: str | None
+    payload: bytes | None
+    partition: int
+    due_at: datetime | None
+    delivered_at: datetime | None
+
+
+ROW_COLUMNS = [decisions.c[name] for name in Row.__dataclass_fields__]
+
+
+def _row(raw: Any) -> Row:
+    row = Row(*raw)
+    row.payload = bytes(row.payload) if row.payload is not None else None
+    row.due_at, row.delivered_at = utc(row.due_at), utc(row.delivered_at)
+    return row
+
+
+class Ledger:
+    """The ledger's tables and the few statements the distributor runs on them."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        metadata.create_all(self.engine)
+        self.dialect = self.engine.dialect.name
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def writing(self) -> Iterator[Connection]:
+        """One write transaction (serialised on SQLite); commits on clean exit."""
+        with self.engine.connect().execution_options(writer=True) as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            yield conn
+
+    def insert_if_absent(self, table: Table) -> Any:
+        dialect = postgresql if self.dialect == "postgresql" else sqlite
+        return dialect.insert(table).on_conflict_do_nothing()
+
+    # subscriptions
+
+    def sync_subscriptions(self, names_and_starts: Sequence[tuple[str, str]]) -> None:
+        """Add configured subscriptions the ledger does not know yet.
+
+        A new `start = "now"` subscription is live at once; a new `start = "beginning"` one
+        backfills from the start of the log, unless nothing was ever decided (a new system).
+        """
+        with self.writing() as conn:
+            known = set(conn.execute(select(subscriptions.c.name)).scalars())
+            fresh = conn.execute(select(func.count()).select_from(decisions)).scalar_one() == 0
+            moment = now()
+            for name, start in names_and_starts:
+                if name in known:
+                    continue
+                mode = "live" if start == "now" or fresh else "backfilling"
+                conn.execute(
+                    self.insert_if_absent(subscriptions).values(
+                        name=name, paused=False, mode=mode, started_at=moment, updated_at=moment
+                    )
+                )
+                if mode == "backfilling":
+                    conn.execute(cursors.delete().where(cursors.c.reader == backfill_reader(name)))
+
+    def states(self, conn: Connection, lock: bool = False) -> dict[str, SubscriptionState]:
+        """Every subscription's state; `lock` holds them (shared) until the transaction ends."""
+        query = select(
+            subscriptions.c.name, subscriptions.c.paused, subscriptions.c.mode, subscriptions.c.started_at
+        )
+        if lock and self.dialect == "postgresql":
+            query = query.with_for_update(read=True)
+        return {
+            r.name: SubscriptionState(r.name, r.paused, r.mode, utc(r.started_at))
+            for r in conn.execute(query)
+        }
+
+    def set_subscription(self, name: str, action: str, reason: str | None, actor: str, **values: Any) -> None:
+        """Change a subscription (pause, resume, replay) and record the operator action."""
+        with self.writing() as conn:
+            moment = now()
+            conn.execute(
+                update(subscriptions).where(subscriptions.c.name == name).values(updated_at=moment, **values)
+            )
+            conn.execute(
+                insert(operations).values(
+                    at=moment, subscription=name, action=action, reason=reason, actor=actor
+                )
+            )
+            if values.get("mode") == "backfilling":
+                conn.execute(cursors.delete().where(cursors.c.reader == backfill_reader(name)))
+
+    def claim_backfill(self, name: str, owner: str, stale_after: float = 30.0) -> bool:
+        """Take (or keep) the backfill of `name`; another owner's claim expires when it stops beating."""
+        moment = now()
+        with self.writing() as conn:
+            claimed = conn.execute(
+                update(subscriptions)
+                .where(
+                    subscriptions.c.name == name,
+                    subscriptions.c.mode == "backfilling",
+                    or_(
+                        subscriptions.c.backfill_owner.is_(None),
+                        subscriptions.c.backfill_owner == owner,
+                        subscriptions.c.backfill_heartbeat < moment - timedelta(seconds=stale_after),
+                    ),
+                )
+                .values(backfill_owner=owner, backfill_heartbeat=moment)
+            ).rowcount
+        return claimed == 1
+
+    def finish_backfill(self, name: str, owner: str, reader_cursors: dict[int, int]) -> bool:
+        """Make `name` live once its backfill has reached the main reader on every partition."""
+        with self.writing() as conn:
+            query = select(subscriptions.c.backfill_owner).where(subscriptions.c.name == name)
+            if self.dialect == "postgresql":
+                query = query.with_for_update()  # waits for main batches that read it as backfilling
+            if conn.execute(query).scalar_one_or_none() != owner:
+                return False
+            main = {
+                r.partition: r.next_offset
+                for r in conn.execute(
+                    select(cursors.c.partition, cursors.c.next_offset).where(cursors.c.reader == "main")
+                )
+            }
+            if any(reader_cursors.get(p, 0) < offset for p, offset in main.items()):
+                return False
+            conn.execute(
+                update(subscriptions)
+                .where(subscriptions.c.name == name)
+                .values(mode="live", backfill_owner=None, backfill_heartbeat=None, updated_at=now())
+            )
+            return True
+
+    # cursors
+
+    def cursors(self, reader: str, partitions: Iterable[int]) -> dict[int, tuple[int, str | None]]:
+        """(next offset, digest of the record before it) per partition; created at 0 when new."""
+        wanted = list(partitions)
+        with self.writing() as conn:
+            for p in wanted:
+                conn.execute(self.insert_if_absent(cursors).values(reader=reader, partition=p, next_offset=0))
+            rows = conn.execute(
+                select(cursors.c.partition, cursors.c.next_offset, cursors.c.last_digest).where(
+                    cursors.c.reader == reader, cursors.c.partition.in_(wanted)
+                )
+            )
+            return {r.partition: (r.next_offset, r.last_digest) for r in rows}
+
+    def advance(
+        self,
+        conn: Connection,
+        reader: str,
+        partition: int,
+        expected: int,
+        next_offset: int,
+        digest: str | None,
+    ) -> bool:
+        """Compare-and-set the cursor; False when another process moved it first."""
+        return (
+            conn.execute(
+                update(cursors)
+                .where(
+                    cursors.c.reader == reader,
+                    cursors.c.partition == partition,
+                    cursors.c.next_offset == expected,
+                )
+                .values(next_offset=next_offset, last_digest=digest)
+            ).rowcount
+            == 1
+        )
+
+    # decisions
+
+    def existing(self, conn: Connection, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Row]:
+        """Stored decisions for these (subscription, event_id) pairs."""
+        by_sub: dict[str, list[str]] = {}
+        for sub, event_id in keys:
+            by_sub.setdefault(sub, []).append(event_id)
+        found: dict[tuple[str, str], Row] = {}
+        for sub, ids in by_sub.items():
+            for start in range(0, len(ids), 900):
+                rows = conn.execute(
+                    select(*ROW_COLUMNS).where(
+                        decisions.c.subscription == sub, decisions.c.event_id.in_(ids[start : start + 900])
+                    )
+                )
+                for raw in rows:
+                    row = _row(raw)
+                    found[(row.subscription, row.event_id)] = row
+        return found
+
+    def insert(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            conn.execute(self.insert_if_absent(decisions), rows)
+
+    def cancel_held(self, conn: Connection, subscription: str, event_id: str) -> bool:
+        """held → cancelled; False when it is no longer held (released meanwhile)."""
+        return (
+            conn.execute(
+                update(decisions)
+                .where(
+                    decisions.c.subscription == subscription,
+                    decisions.c.event_id == event_id,
+                    decisions.c.state == HELD,
+                )
+                .values(state="cancelled")
+            ).rowcount
+            == 1
+        )
+
+    def mark_published(self, conn: Connection, keys: Iterable[tuple[str, str]]) -> None:
+        """pending → published for these (subscription, event_id) pairs, once they are on the feed."""
+        by_sub: dict[str, list[str]] = {}
+        for sub, event_id in keys:
+            by_sub.setdefault(sub, []).append(event_id)
+        for sub, ids in by_sub.items():
+            for start in range(0, len(ids), 900):
+                conn.execute(
+                    update(decisions)
+                    .where(
+                        decisions.c.subscription == sub,
+                        decisions.c.event_id.in_(ids[start : start + 900]),
+                        decisions.c.state == PENDING,
+                    )
+                    .values(state=PUBLISHED)
+                )
+
+    def rows(self, conn: Connection, *where: Any, order: bool = True) -> list[Row]:
+        query = select(*ROW_COLUMNS).where(*where)
+        return [_row(r) for r in conn.execute(query.order_by(decisions.c.id) if order else query)]
+
+    def pending(self, partitions: Iterable[int] | None = None) -> list[Row]:
+        """Decided rows not yet confirmed on their feed (a crash or an outage left them)."""
+        where = [decisions.c.state == PENDING]
+        if partitions is not None:
+            where.append(decisions.c.partition.in_(list(partitions)))
+        with self.reading() as conn:
+            return self.rows(conn, *where)
+
+    def due(self, moment: datetime, partitions: Iterable[int], running: Iterable[str]) -> list[Row]:
+        """Held rows of running subscriptions whose time has come (by partition of origin)."""
+        with self.reading() as conn:
+            return self.rows(
+                conn,
+                decisions.c.state == HELD,
+                decisions.c.due_at <= moment,
+                decisions.c.partition.in_(list(partitions)),
+                decisions.c.subscription.in_(list(running)),
+            )
+
+    def release(self, conn: Connection, row: Row, payload: bytes, delivered_at: datetime) -> bool:
+        """held → pending with the message stamped; False when a deletion cancelled it first."""
+        return (
+            conn.execute(
+                update(decisions)
+                .where(decisions.c.id == row.id, decisions.c.state == HELD)
+                .values(state=PENDING, payload=payload, delivered_at=delivered_at)
+            ).rowcount
+            == 1
+        )
+
+    def delivered(self, subscription: str | None = None) -> list[Row]:
+        """Every row that is or may be on a feed, in decision order (republish, replay)."""
+        where = [decisions.c.state.in_((PENDING, PUBLISHED)), decisions.c.kind.is_not(None)]
+        if subscription:
+            where.append(decisions.c.subscription == subscription)
+        with self.reading() as conn:
+            return self.rows(conn, *where)
+
+    def counts(self) -> dict[str, dict[str, Any]]:
+        """Per subscription: delivered, withdrawn, held, skipped, cancelled, last_delivered_at."""
+        out: dict[str, dict[str, Any]] = {}
+        query = select(
+            decisions.c.subscription,
+            decisions.c.state,
+            decisions.c.kind,
+            func.count(),
+            func.max(decisions.c.delivered_at),
+        ).group_by(decisions.c.subscription, decisions.c.state, decisions.c.kind)
+        with self.reading() as conn:
+            for sub, state, kind, count, last in conn.execute(query):
+                entry = out.setdefault(
+                    sub,
+                    {
+                        "delivered": 0,
+                        "withdrawn": 0,
+                        "held": 0,
+                        "skipped": 0,
+                        "cancelled": 0,
+                        "last_delivered_at": None,
+                    },
+                )
+                if state in (PENDING, PUBLISHED):
+                    entry["delivered" if kind == "DELIVERY" else "withdrawn"] += count
+                    last = utc(last)
+                    if last and (entry["last_delivered_at"] is None or last > entry["last_delivered_at"]):
+                        entry["last_delivered_at"] = last
+                elif state in entry or state == "skipped":
+                    entry["held" if state == HELD else state] += count
+        return out
+
+    # offsets of what the distributor wrote
+
+    def record_offsets(self, conn: Connection, highest: dict[tuple[str, int], int]) -> None:
+        """Remember the highest offset written per topic partition (sorted: no deadlocks)."""
+        for (topic, partition), offset in sorted(highest.items()):
+            done = conn.execute(
+                update(topic_offsets)
+                .where(topic_offsets.c.topic == topic, topic_offsets.c.partition == partition)
+                .values(
+                    last_offset=case(
+                        (topic_offsets.c.last_offset < offset, offset), else_=topic_offsets.c.last_offset
+                    )
+                )
+            ).rowcount
+            if not done:
+                conn.execute(
+                    self.insert_if_absent(topic_offsets).values(
+                        topic=topic, partition=partition, last_offset=offset
+                    )
+                )
+
+    def recorded_offsets(self, topic: str) -> dict[int, int]:
+        with self.reading() as conn:
+            return {
+                r.partition: r.last_offset
+                for r in conn.execute(
+                    select(topic_offsets.c.partition, topic_offsets.c.last_offset).where(
+                        topic_offsets.c.topic == topic
+                    )
+                )
+            }
+
+    def begin_republish(self, topic: str) -> None:
+        """Mark `topic` as being rebuilt from the ledger and forget what it held."""
+        with self.writing() as conn:
+            conn.execute(self.insert_if_absent(republish).values(topic=topic, requested_at=now()))
+            conn.execute(topic_offsets.delete().where(topic_offsets.c.topic == topic))
+
+    def end_republish(self, topic: str) -> None:
+        with self.writing() as conn:
+            conn.execute(republish.delete().where(republish.c.topic == topic))
+
+    def republishing(self) -> set[str]:
+        with self.reading() as conn:
+            return set(conn.execute(select(republish.c.topic)).scalars())
+
+    # dead letters
+
+    def unpublished_deadletters(self) -> list[Any]:
+        with self.reading() as conn:
+            return list(
+                conn.execute(
+                    select(deadletters).where(deadletters.c.published.is_(False)).order_by(deadletters.c.id)
+                )
+            )
+
+    def mark_deadletters_published(self, conn: Connection, origins: Sequence[tuple[str, int, int]]) -> None:
+        for topic, partition, offset in origins:
+            conn.execute(
+                update(deadletters)
+                .where(
+                    and_(
+                        deadletters.c.topic == topic,
+                        deadletters.c.partition == partition,
+                        deadletters.c.offset == offset,
+                    )
+                )
+                .values(published=True)
+            )
+
+    def deadletter_list(self) -> list[Any]:
+        with self.reading() as conn:
+            return list(conn.execute(select(deadletters).order_by(deadletters.c.id)))
+
+
+def backfill_reader(subscription: str) -> str:
+    """The cursor name of a subscription's backfill (or replay) reader."""
+    return f"backfill:{subscription}"

@@ -1,0 +1,652 @@
+"""The distributor's loop: consume → decide → record → publish → mark → commit.
+
+One batch of rod.results.v1 at a time:
+1. decode; what cannot be decoded or acted on becomes a dead letter;
+2. in ONE ledger transaction: read the decisions already stored for these events (a repeat
+   uses them and decides nothing), decide the rest, insert them (insert-if-absent), record
+   the dead letters and move the reader's cursor by compare-and-set;
+3. send the feed messages, their receipts and the dead letters, flush, check every send;
+4. mark the rows published and remember the offsets written, in one transaction;
+5. commit the consumer group's offsets (for operators; the ledger's cursor is the truth).
+
+A kill between any two steps: after 1, nothing happened; after 2, the rows are `pending`
+and are sent again (same delivery_id, same bytes) when this or another process takes the
+partition; after 3, the same; after 4, only the group offset is behind, and the ledger's
+cursor wins on start. A decision is never recorded twice: UNIQUE(subscription, event_id),
+and the cursor compare-and-set lets only one of two processes record a batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
+from sqlalchemy.exc import DBAPIError
+
+from services.distributor import decide as d
+from services.distributor.feeds import (
+    DEADLETTER_TOPIC,
+    DELIVERIES_TOPIC,
+    RESULTS_TOPIC,
+    DeadLetter,
+    Outgoing,
+    Publisher,
+    dead_letter,
+    digest,
+    ensure_topic,
+    holds,
+    read_each,
+)
+from services.distributor.ledger import Ledger, Row, backfill_reader, deadletters, now
+from services.distributor.subscriptions import Subscription, load
+from services.kernel import kafka
+from services.kernel.codec import Codec
+from services.kernel.logging import get_logger
+from services.kernel.settings import Settings
+
+log = get_logger("distributor")
+
+GROUP_ID = "rod-distributor"
+BATCH = 2000
+
+
+class CursorMoved(Exception):
+    """Another process recorded this part of the log first (a rebalance overlap)."""
+
+
+@dataclass
+class Item:
+    """One decoded event with where it came from."""
+
+    partition: int
+    offset: int
+    name: str
+    event: dict[str, Any]
+    record: Any  # the consumer record, for a dead letter with the original bytes
+
+
+@dataclass
+class Reader:
+    """A position in rod.results.v1: the main reader, or one subscription's backfill."""
+
+    name: str
+    consumer: KafkaConsumer
+    only: str | None = None  # backfill: the one subscription it decides for
+    resend: bool = False  # backfill/replay: send already published messages again
+    cursor: dict[int, int] = field(default_factory=dict)  # next offset per partition held
+
+
+@dataclass
+class Step:
+    """What one batch did (tests and the bench read it)."""
+
+    events: int = 0
+    decided: int = 0
+    sent: int = 0
+    dead: int = 0
+
+
+class Distributor:
+    """Passes rod.results.v1 on to every subscription's feed, keeping the delivery ledger."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        bootstrap: str,
+        *,
+        subscriptions: list[Subscription] | None = None,
+        ledger: Ledger | None = None,
+        group: bool = True,
+        group_id: str = GROUP_ID,
+        batch: int = BATCH,
+    ) -> None:
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.codec = Codec()
+        self.subscriptions = {s.name: s for s in (subscriptions or load(codec=self.codec))}
+        self.ledger = ledger or Ledger(settings.database_urls["distributor"])
+        self.group = group
+        self.group_id = group_id
+        self.batch = batch
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.main: Reader | None = None
+        self.backfills: dict[str, Reader] = {}
+        self.publisher: Publisher | None = None
+        self.watermark: dict[int, datetime] = {}  # per partition: events recorded up to here are read
+        self.ready = False
+        self._assigned_now: list[int] = []
+
+    # start-up and recovery
+
+    def start(self) -> None:
+        """Topics, subscriptions, lost feeds republished, then the main reader on its cursors."""
+        names = [
+            RESULTS_TOPIC,
+            DELIVERIES_TOPIC,
+            DEADLETTER_TOPIC,
+            *(s.topic for s in self.subscriptions.values()),
+        ]
+        created = {name for name in names if ensure_topic(self.settings, self.bootstrap, name)}
+        self.ledger.sync_subscriptions([(s.name, s.start) for s in self.subscriptions.values()])
+        self.publisher = Publisher(self.settings, self.bootstrap, self.codec)
+        self.recover_topics(created)
+        self.publish_dead_letters()
+        consumer = kafka.consumer(self.bootstrap, group_id=self.group_id, max_poll_records=self.batch)
+        self.main = Reader("main", consumer)
+        cluster_topic = self.settings.topic(RESULTS_TOPIC)
+        if self.group:
+            consumer.subscribe([cluster_topic], listener=_Listener(self))
+        else:
+            partitions = [TopicPartition(cluster_topic, p) for p in self._results_partitions(consumer)]
+            consumer.assign(partitions)
+            self.take(self.main, [tp.partition for tp in partitions])
+        self.ready = True
+        log.info("distributor_started", group=self.group, subscriptions=sorted(self.subscriptions))
+
+    def _results_partitions(self, consumer: KafkaConsumer) -> list[int]:
+        found = consumer.partitions_for_topic(self.settings.topic(RESULTS_TOPIC))
+        if not found:
+            raise KafkaError("rod.results.v1 has no partitions yet")
+        return sorted(found)
+
+    def take(self, reader: Reader, partitions: list[int]) -> None:
+        """Start reading these partitions at the ledger's cursor, checked against the topic."""
+        stored = self.ledger.cursors(reader.name, partitions)
+        topic = self.settings.topic(RESULTS_TOPIC)
+        checker = kafka.consumer(self.bootstrap, group_id=None)
+        try:  # is the record before each cursor still the one we read? (a rebuilt log has other offsets)
+            before = read_each(checker, topic, {p: stored[p][0] - 1 for p in partitions if stored[p][0]})
+        finally:
+            checker.close()
+        for p in partitions:
+            offset, last = stored[p]
+            if offset and (p not in before or digest(before[p].value) != last):
+                log.warning("distributor_log_rebuilt", reader=reader.name, partition=p, cursor=offset)
+                with self.ledger.writing() as conn:
+                    self.ledger.advance(conn, reader.name, p, offset, 0, None)
+                offset = 0
+            reader.cursor[p] = offset
+            reader.consumer.seek(TopicPartition(topic, p), offset)
+        if reader is self.main:
+            for p in partitions:
+                self.watermark.pop(p, None)
+            self._assigned_now = partitions
+
+    def recover_topics(self, created: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+        """Republish from the ledger every topic of ours that is missing or shorter than recorded."""
+        pending_rebuilds = self.ledger.republishing()
+        for name in [*(s.topic for s in self.subscriptions.values()), DELIVERIES_TOPIC, DEADLETTER_TOPIC]:
+            recorded = self.ledger.recorded_offsets(name)
+            if name in created:
+                intact = not recorded
+            else:
+                intact = holds(self.bootstrap, self.settings.topic(name), recorded)
+            if intact and name not in pending_rebuilds:
+                continue
+            log.warning("distributor_republishing", topic=name)
+            self.ledger.begin_republish(name)
+            self._republish(name)
+            self.ledger.end_republish(name)
+
+    def _republish(self, name: str) -> None:
+        assert self.publisher is not None
+        if name == DEADLETTER_TOPIC:
+            letters = self.ledger.deadletter_list()
+            for letter in letters:
+                self.publisher.send_dead_letter(_letter(letter))
+            self._record(self.publisher.flush())
+            return
+        subs = [s for s in self.subscriptions.values() if s.topic == name]
+        rows = self.ledger.delivered(subs[0].name if subs else None)
+        for start in range(0, len(rows), 5000):
+            for row in rows[start : start + 5000]:
+                sub = self.subscriptions.get(row.subscription)
+                if sub is None:
+                    continue
+                out = self._outgoing(row, receipt=False)
+                if name == DELIVERIES_TOPIC:
+                    self.publisher.send(DELIVERIES_TOPIC, row.result_id.encode(), self.publisher.receipt(out))
+                else:
+                    self.publisher.send(out.topic, row.result_id.encode(), out.payload)
+            self._record(self.publisher.flush())
+
+    def _record(
+        self,
+        highest: dict[tuple[str, int], int],
+        keys: Iterable[tuple[str, str]] = (),
+        letters: Iterable[DeadLetter] = (),
+    ) -> None:
+        with self.ledger.writing() as conn:
+            self.ledger.mark_published(conn, keys)
+            self.ledger.mark_deadletters_published(conn, [(x.topic, x.partition, x.offset) for x in letters])
+            self.ledger.record_offsets(conn, highest)
+
+    def publish_pending(self, partitions: Iterable[int] | None) -> int:
+        """Send rows a crash or an outage left between decided and confirmed (same bytes)."""
+        rows = self.ledger.pending(partitions)
+        self._send([self._outgoing(r) for r in rows], [])
+        return len(rows)
+
+    def publish_dead_letters(self) -> None:
+        letters = [_letter(x) for x in self.ledger.unpublished_deadletters()]
+        if letters:
+            self._send([], letters)
+
+    # the loop
+
+    def run(
+        self,
+        stop: threading.Event,
+        on_error: Callable[[Exception], None] | None = None,
+        idle_exit: float | None = None,
+    ) -> None:
+        """Distribute until `stop` is set; a broker or database outage is retried with backoff."""
+        backoff = 0.5
+        idle_since: float | None = None
+        while not stop.is_set():
+            try:
+                if not self.ready:
+                    self.start()
+                step = self.step()
+                backoff = 0.5
+                if step.events or self.backfills:
+                    idle_since = None
+                elif idle_exit is not None:
+                    idle_since = idle_since or time.monotonic()
+                    if time.monotonic() - idle_since >= idle_exit:
+                        return
+            except Exception as exc:  # noqa: BLE001 - broker, database or a bug: never drop, retry
+                expected = isinstance(exc, KafkaError | DBAPIError | OSError | CursorMoved)
+                (log.warning if expected else log.error)(
+                    "distributor_retrying",
+                    error=type(exc).__name__,
+                    retry_in_seconds=backoff,
+                    detail=None if expected else str(exc)[:300],
+                )
+                if on_error:
+                    on_error(exc)
+                self.close()
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    def step(self) -> Step:
+        """One poll of the main reader, then due releases and a backfill batch."""
+        assert self.main is not None
+        batch = self.main.consumer.poll(timeout_ms=100, max_records=self.batch)
+        if self._assigned_now:  # partitions just taken: send what their last owner left pending
+            partitions, self._assigned_now = self._assigned_now, []
+            self.publish_pending(partitions)
+        if batch:
+            step = self.process(self.main, batch)
+        else:
+            step = Step()
+            moment = now()
+            for p in self.main.cursor:
+                self.watermark[p] = moment  # caught up: everything recorded before now was read
+        self.release_due()
+        self.backfill_step()
+        return step
+
+    def process(self, reader: Reader, batch: dict[TopicPartition, list[Any]]) -> Step:
+        """Decide, record, publish and confirm one batch of rod.results.v1."""
+        items, letters = self._decode(batch)
+        step = Step(events=len(items), dead=len(letters))
+        ends = {
+            tp.partition: (records[-1].offset + 1, digest(records[-1].value)) for tp, records in batch.items()
+        }
+        with self.ledger.writing() as conn:
+            states = self.ledger.states(conn, lock=True)
+            subs = self._deciding(reader, states)
+            outgoing, rows, letters = self._decide(conn, reader, subs, states, items, letters)
+            self.ledger.insert(conn, rows)
+            for letter in letters:
+                conn.execute(
+                    self.ledger.insert_if_absent(deadletters).values(
+                        at=now(), status="open", published=False, **vars(letter)
+                    )
+                )
+            for p, (next_offset, last) in ends.items():
+                if not self.ledger.advance(conn, reader.name, p, reader.cursor.get(p, -1), next_offset, last):
+                    raise CursorMoved(f"{reader.name} partition {p}")
+        for p, (next_offset, _last) in ends.items():
+            reader.cursor[p] = next_offset
+        step.decided = len(rows)
+        step.sent = self._send(outgoing, letters)
+        if reader is self.main:
+            for item in items:
+                recorded, seen = item.event["recorded_at"], self.watermark.get(item.partition)
+                if seen is None or recorded > seen:
+                    self.watermark[item.partition] = recorded
+            self._commit_group(reader)
+        return step
+
+    def _decode(self, batch: dict[TopicPartition, list[Any]]) -> tuple[list[Item], list[DeadLetter]]:
+        items: list[Item] = []
+        letters: list[DeadLetter] = []
+        for tp in sorted(batch, key=lambda t: t.partition):
+            for record in batch[tp]:
+                try:
+                    name, event = self.codec.decode(record.value)
+                    d.check_event(name, event)
+                    items.append(Item(tp.partition, record.offset, name, event, record))
+                except Exception as exc:  # noqa: BLE001 - anything that cannot be read is a dead letter
+                    letters.append(dead_letter(RESULTS_TOPIC, record, exc))
+        return items, letters
+
+    def _deciding(self, reader: Reader, states: dict[str, Any]) -> list[Subscription]:
+        """The subscriptions this reader decides for now (a backfilling one has its own reader)."""
+        if reader.only:
+            state = states.get(reader.only)
+            return [self.subscriptions[reader.only]] if state and state.mode == "backfilling" else []
+        return [s for s in self.subscriptions.values() if s.name in states and states[s.name].mode == "live"]
+
+    def _decide(
+        self,
+        conn: Any,
+        reader: Reader,
+        subs: list[Subscription],
+        states: dict[str, Any],
+        items: list[Item],
+        letters: list[DeadLetter],
+    ) -> tuple[list[Outgoing], list[dict], list[DeadLetter]]:
+        keys = [(s.name, i.event["event_id"]) for i in items for s in subs]
+        existing = self.ledger.existing(conn, keys)
+        prior_keys = [
+            (s.name, i.event["registered_event_id"]) for i in items if i.name == d.DELETED for s in subs
+        ]
+        priors = self.ledger.existing(conn, [k for k in prior_keys if k not in existing])
+        made: dict[tuple[str, str], tuple[d.Decision, int]] = {}
+        outgoing: list[Outgoing] = []
+        moment = now()
+        for item in items:
+            try:
+                decided = self._decide_item(
+                    conn, item, subs, states, existing, priors, made, reader, outgoing
+                )
+            except Exception as exc:  # noqa: BLE001 - one event that cannot be decided must not stop the feed
+                letters.append(dead_letter(RESULTS_TOPIC, item.record, exc))
+                continue
+            for key, decision in decided:
+                made[key] = (decision, item.partition)
+                if decision.cancels and (decision.subscription, decision.cancels) in made:
+                    made[(decision.subscription, decision.cancels)][0].state = d.CANCELLED
+        rows = []
+        for (sub_name, event_id), (decision, partition) in made.items():
+            sub = self.subscriptions[sub_name]
+            row = {
+                "subscription": sub_name,
+                "event_id": event_id,
+                "result_id": decision.result_id,
+                "institution": decision.institution,
+                "state": decision.state,
+                "kind": decision.kind,
+                "reason": decision.reason,
+                "delivery_id": decision.delivery_id,
+                "payload": None,
+                "partition": partition,
+                "due_at": decision.due_at,
+                "delivered_at": None,
+                "decided_at": moment,
+            }
+            if decision.message is not None and decision.state != d.CANCELLED:
+                stamp = moment if decision.state == d.PENDING else decision.due_at
+                row["payload"] = self.codec.encode(sub.schema, {**decision.message, "delivered_at": stamp})
+                if decision.state == d.PENDING:
+                    row["delivered_at"] = moment
+                    outgoing.append(
+                        Outgoing(
+                            sub_name,
+                            sub.topic,
+                            event_id,
+                            decision.result_id,
+                            decision.institution,
+                            decision.kind or "",
+                            decision.delivery_id or "",
+                            row["payload"],
+                            moment,
+                        )
+                    )
+            rows.append(row)
+        return outgoing, rows, letters
+
+    def _decide_item(
+        self,
+        conn: Any,
+        item: Item,
+        subs: list[Subscription],
+        states: dict[str, Any],
+        existing: dict,
+        priors: dict,
+        made: dict,
+        reader: Reader,
+        outgoing: list[Outgoing],
+    ) -> list[tuple[tuple[str, str], d.Decision]]:
+        """The decisions of one event for every subscription (a repeat reuses the stored one)."""
+        event = item.event
+        decided = []
+        for sub in subs:
+            key = (sub.name, event["event_id"])
+            row = existing.get(key)
+            if row is not None:
+                if row.kind and (row.state == d.PENDING or (reader.resend and row.state == d.PUBLISHED)):
+                    outgoing.append(self._outgoing(row, receipt=row.state == d.PENDING))
+                continue
+            if key in made or not d.applies(sub, states[sub.name].started_at, event):
+                continue
+            paused = states[sub.name].paused
+            if item.name == d.REGISTERED:
+                decided.append((key, d.decide_registered(sub, event, paused)))
+                continue
+            prior_key = (sub.name, event["registered_event_id"])
+            decision = d.decide_deleted(sub, event, self._prior(prior_key, made, existing, priors), paused)
+            if decision.cancels and prior_key not in made and not self.ledger.cancel_held(conn, *prior_key):
+                # released between our read and now: it reached the feed, so withdraw it
+                fresh = self.ledger.existing(conn, [prior_key]).get(prior_key)
+                decision = d.decide_deleted(
+                    sub, event, fresh and d.Prior(fresh.state, fresh.delivery_id), paused
+                )
+            decided.append((key, decision))
+        return decided
+
+    @staticmethod
+    def _prior(key: tuple[str, str], made: dict, existing: dict, priors: dict) -> d.Prior | None:
+        if key in made:
+            decision = made[key][0]
+            return d.Prior(decision.state, decision.delivery_id)
+        row = existing.get(key) or priors.get(key)
+        return d.Prior(row.state, row.delivery_id) if row else None
+
+    def _outgoing(self, row: Row, receipt: bool = True) -> Outgoing:
+        sub = self.subscriptions[row.subscription]
+        return Outgoing(
+            row.subscription,
+            sub.topic,
+            row.event_id,
+            row.result_id,
+            row.institution,
+            row.kind or "",
+            row.delivery_id or "",
+            row.payload or b"",
+            row.delivered_at or now(),
+            receipt,
+        )
+
+    def _send(self, outgoing: list[Outgoing], letters: list[DeadLetter]) -> int:
+        """Send, flush, check every send, then mark it all published in the ledger."""
+        if not outgoing and not letters:
+            return 0
+        assert self.publisher is not None
+        known = [o for o in outgoing if o.subscription in self.subscriptions]
+        for out in known:
+            self.publisher.send_message(out)
+        for letter in letters:
+            self.publisher.send_dead_letter(letter)
+        highest = self.publisher.flush()
+        self._record(highest, [(o.subscription, o.event_id) for o in known], letters)
+        for letter in letters:
+            log.warning(
+                "distributor_dead_letter",
+                partition=letter.partition,
+                offset=letter.offset,
+                code=letter.error_code,
+            )
+        return len(known)
+
+    def _commit_group(self, reader: Reader) -> None:
+        """Commit the group's offsets for operators to see; the ledger's cursor stays the truth."""
+        topic = self.settings.topic(RESULTS_TOPIC)
+        offsets = {TopicPartition(topic, p): OffsetAndMetadata(o, "", -1) for p, o in reader.cursor.items()}
+        try:
+            reader.consumer.commit(offsets)
+        except KafkaError as exc:  # a rebalance or a solo reader: the cursor is in the ledger anyway
+            log.debug("distributor_commit_skipped", error=type(exc).__name__)
+
+    # holds
+
+    def release_due(self) -> int:
+        """Release held deliveries whose time has come and whose partition was read up to then."""
+        if self.main is None or not self.main.cursor:
+            return 0
+        moment = now()
+        with self.ledger.reading() as conn:
+            states = self.ledger.states(conn)
+        running = [
+            n for n in self.subscriptions if n in states and not states[n].paused and states[n].mode == "live"
+        ]
+        # a deletion recorded before the due time must have been read first: only release
+        # what lies behind the partition's watermark (caught up, or read past the due time)
+        rows = [
+            r
+            for r in self.ledger.due(moment, list(self.main.cursor), running)
+            if r.due_at and r.partition in self.watermark and r.due_at <= self.watermark[r.partition]
+        ]
+        if not rows:
+            return 0
+        outgoing = []
+        with self.ledger.writing() as conn:
+            for row in rows:
+                sub = self.subscriptions[row.subscription]
+                _name, message = self.codec.decode(row.payload or b"")
+                payload = self.codec.encode(sub.schema, {**message, "delivered_at": moment})
+                if self.ledger.release(conn, row, payload, moment):
+                    row.payload, row.delivered_at = payload, moment
+                    outgoing.append(self._outgoing(row))
+        self._send(outgoing, [])
+        log.info("distributor_released", count=len(outgoing))
+        return len(outgoing)
+
+    # backfill and replay
+
+    def backfill(self, name: str, timeout: float = 600.0) -> int | None:
+        """Run the backfill (replay) of one subscription here until it is live again.
+
+        Returns the number of messages sent, or None when another process holds it.
+        """
+        for topic in (RESULTS_TOPIC, DELIVERIES_TOPIC, DEADLETTER_TOPIC, self.subscriptions[name].topic):
+            ensure_topic(self.settings, self.bootstrap, topic)
+        self.publisher = self.publisher or Publisher(self.settings, self.bootstrap, self.codec)
+        deadline = time.monotonic() + timeout
+        sent = 0
+        while time.monotonic() < deadline:
+            with self.ledger.reading() as conn:
+                state = self.ledger.states(conn)[name]
+            if state.mode == "live":
+                return sent
+            step = self.backfill_step(only=name)
+            if step is None:
+                return None
+            sent += step.sent
+        return None
+
+    def backfill_step(self, only: str | None = None) -> Step | None:
+        """One batch for each subscription that is backfilling (new, or asked to replay)."""
+        with self.ledger.reading() as conn:
+            states = self.ledger.states(conn)
+        total: Step | None = Step()
+        for name, state in states.items():
+            if name not in self.subscriptions or (only and name != only):
+                continue
+            reader = self.backfills.get(name)
+            if state.mode != "backfilling" or state.paused:
+                if reader:
+                    reader.consumer.close()
+                    del self.backfills[name]
+                continue
+            if not self.ledger.claim_backfill(name, self.owner):
+                total = None if only else total
+                continue
+            if reader is None:
+                reader = self.backfills[name] = self._backfill_reader(name)
+            batch = reader.consumer.poll(timeout_ms=100, max_records=self.batch)
+            if batch and total is not None:
+                step = self.process(reader, batch)
+                total.events += step.events
+                total.sent += step.sent
+            if self.ledger.finish_backfill(name, self.owner, reader.cursor):
+                log.info("distributor_backfill_done", subscription=name)
+                reader.consumer.close()
+                del self.backfills[name]
+        return total
+
+    def _backfill_reader(self, name: str) -> Reader:
+        consumer = kafka.consumer(self.bootstrap, group_id=None, max_poll_records=self.batch)
+        partitions = self._results_partitions(consumer)
+        consumer.assign([TopicPartition(self.settings.topic(RESULTS_TOPIC), p) for p in partitions])
+        reader = Reader(backfill_reader(name), consumer, only=name, resend=True)
+        self.take(reader, partitions)
+        log.info("distributor_backfill_started", subscription=name)
+        return reader
+
+    def close(self) -> None:
+        for reader in [self.main, *self.backfills.values()]:
+            if reader is not None:
+                with contextlib.suppress(Exception):  # closing after a failure must not raise again
+                    reader.consumer.close()
+        self.main, self.backfills = None, {}
+        if self.publisher:
+            self.publisher.close()
+            self.publisher = None
+        self.ready = False
+
+
+class _Listener(ConsumerRebalanceListener):
+    """Group membership: a partition is read from the ledger's cursor when it is assigned."""
+
+    def __init__(self, distributor: Distributor) -> None:
+        self.distributor = distributor
+
+    def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        main = self.distributor.main
+        for tp in revoked:
+            if main:
+                main.cursor.pop(tp.partition, None)
+            self.distributor.watermark.pop(tp.partition, None)
+
+    def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        if self.distributor.main and assigned:
+            self.distributor.take(self.distributor.main, sorted(tp.partition for tp in assigned))
+
+
+def _letter(row: Any) -> DeadLetter:
+    return DeadLetter(
+        row.topic,
+        row.partition,
+        row.offset,
+        row.key and bytes(row.key),
+        row.value and bytes(row.value),
+        row.error_class,
+        row.error_code,
+        row.error_message,
+        row.attempt,
+    )
