@@ -13,7 +13,6 @@ import json
 import re
 import tempfile
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -46,6 +45,7 @@ from services.registrar.gate import Gate, TokenBook, error_body
 from services.registrar.impact import ImpactStore
 from services.registrar.rules import check_deletion
 from services.registrar.store import StoredEvent, results
+from services.registrar.writer import RegistrationWriter
 
 UPLOAD_LIMIT = 100 * 1024 * 1024  # bytes of one bulk file
 _UPLOAD_TYPES = {"text/csv": "csv", "application/xml": "xml", "text/xml": "xml"}
@@ -106,9 +106,7 @@ def create_app(
     codec = Codec()
     upload_dir.mkdir(parents=True, exist_ok=True)
     served_metrics = metrics.Metrics(store)
-    # Appends are serialised anyway: one thread for single registrations keeps 16 clients from
-    # contending for the GIL and the write lock in 16 threads.
-    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registrar-writer")
+    writer = RegistrationWriter(registrar)
 
     install_error_handlers(app)
     app.add_middleware(Gate, token_book=TokenBook(store.engine))
@@ -118,8 +116,7 @@ def create_app(
                          **_errors(400, 403, 409, 413)})
     async def register(body: RegistrationIn, response: Response, institution: Acting) -> dict[str, Any]:
         """Register one result; an identical repeat answers 200 with the same body."""
-        outcome = await asyncio.get_running_loop().run_in_executor(
-            writer, registrar.register, body.raw(), institution)
+        outcome = await asyncio.wrap_future(writer.submit(body.raw(), institution))
         code = outcome.errors[0].code if outcome.errors else "none"
         if outcome.outcome == "rejected":
             problems = [_person_field(p) for p in outcome.errors]
