@@ -19,6 +19,7 @@ from typing import Any
 
 import uvicorn
 
+from services.audit.http import reports_router
 from services.kernel.logging import get_logger
 from services.kernel.settings import Settings
 from services.registrar.api import UPLOAD_LIMIT, create_app
@@ -114,6 +115,7 @@ def build_app(settings: Settings, upload_limit: int | None = None) -> RegistrarA
     limit = upload_limit or int(os.environ.get("ROD_MAX_UPLOAD_BYTES") or UPLOAD_LIMIT)
     app = create_app(registrar, BatchStore(event_store.engine), impact_store,
                      upload_dir=settings.data_dir / "uploads", upload_limit=limit)
+    app.include_router(reports_router(settings.data_dir / "reports"))  # the audit service's files
     return RegistrarApi(app, registrar, impact_store)
 
 
