@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from services.kernel.logging import get_logger
@@ -103,6 +104,9 @@ class Gate:
 
         try:
             await self._guarded(scope, receive, tracking_send)
+        except ClientDisconnect:
+            status[0] = 499  # the client went away mid-request (nginx's code): nobody to answer
+            log.info("client_disconnected", method=method_label(scope["method"]), route=_route(scope))
         except Exception as exc:
             correlation_id = new_correlation_id()
             log.error("request_failed", correlation_id=correlation_id, method=method_label(scope["method"]),
