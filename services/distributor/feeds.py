@@ -200,6 +200,11 @@ def ensure_topic(settings: Settings, bootstrap: str, name: str) -> bool:
         client.close()
 
 
+def probe(bootstrap: str) -> KafkaConsumer:
+    """A short-lived reader outside any group that gives up soon when the broker is away."""
+    return kafka.consumer(bootstrap, group_id=None, bootstrap_timeout_ms=5000)
+
+
 def read_each(
     consumer: KafkaConsumer, topic: str, offsets: dict[int, int], timeout: float = 3.0
 ) -> dict[int, Any]:
@@ -233,7 +238,7 @@ def holds(bootstrap: str, cluster_topic: str, recorded: dict[int, int]) -> bool:
     """True when every partition still holds the last offset recorded there."""
     if not recorded:
         return True
-    consumer = kafka.consumer(bootstrap, group_id=None)
+    consumer = probe(bootstrap)
     try:
         partitions = [TopicPartition(cluster_topic, p) for p in recorded]
         ends = consumer.end_offsets(partitions)

@@ -46,6 +46,7 @@ from services.distributor.feeds import (
     digest,
     ensure_topic,
     holds,
+    probe,
     read_each,
 )
 from services.distributor.ledger import Ledger, Row, backfill_reader, deadletters, now
@@ -59,10 +60,15 @@ log = get_logger("distributor")
 
 GROUP_ID = "rod-distributor"
 BATCH = 2000
+CHECK_EVERY = 15.0  # seconds between checks that the broker still holds our topics
 
 
 class CursorMoved(Exception):
     """Another process recorded this part of the log first (a rebalance overlap)."""
+
+
+class TopicsLost(Exception):
+    """The broker no longer holds what the ledger says was read or written: start again, recover."""
 
 
 @dataclass
@@ -126,6 +132,9 @@ class Distributor:
         self.watermark: dict[int, datetime] = {}  # per partition: events recorded up to here are read
         self.ready = False
         self._assigned_now: list[int] = []
+        self.check_every = CHECK_EVERY
+        self._next_idle_check = 0.0
+        self._next_check = 0.0
 
     # start-up and recovery
 
@@ -152,6 +161,7 @@ class Distributor:
             consumer.assign(partitions)
             self.take(self.main, [tp.partition for tp in partitions])
         self.ready = True
+        self._next_check = time.monotonic() + self.check_every
         log.info("distributor_started", group=self.group, subscriptions=sorted(self.subscriptions))
 
     def _results_partitions(self, consumer: KafkaConsumer) -> list[int]:
@@ -164,7 +174,7 @@ class Distributor:
         """Start reading these partitions at the ledger's cursor, checked against the topic."""
         stored = self.ledger.cursors(reader.name, partitions)
         topic = self.settings.topic(RESULTS_TOPIC)
-        checker = kafka.consumer(self.bootstrap, group_id=None)
+        checker = probe(self.bootstrap)
         try:  # is the record before each cursor still the one we read? (a rebuilt log has other offsets)
             before = read_each(checker, topic, {p: stored[p][0] - 1 for p in partitions if stored[p][0]})
         finally:
@@ -182,6 +192,7 @@ class Distributor:
             for p in partitions:
                 self.watermark.pop(p, None)
             self._assigned_now = partitions
+            log.info("distributor_partitions_taken", partitions=partitions)
 
     def recover_topics(self, created: set[str] = frozenset()) -> None:  # type: ignore[assignment]
         """Republish from the ledger every topic of ours that is missing or shorter than recorded."""
@@ -267,7 +278,7 @@ class Distributor:
                     if time.monotonic() - idle_since >= idle_exit:
                         return
             except Exception as exc:  # noqa: BLE001 - broker, database or a bug: never drop, retry
-                expected = isinstance(exc, KafkaError | DBAPIError | OSError | CursorMoved)
+                expected = isinstance(exc, KafkaError | DBAPIError | OSError | CursorMoved | TopicsLost)
                 (log.warning if expected else log.error)(
                     "distributor_retrying",
                     error=type(exc).__name__,
@@ -291,12 +302,54 @@ class Distributor:
             step = self.process(self.main, batch)
         else:
             step = Step()
-            moment = now()
-            for p in self.main.cursor:
-                self.watermark[p] = moment  # caught up: everything recorded before now was read
+            self._idle()
+        if time.monotonic() >= self._next_check:
+            self.check_topics()
         self.release_due()
         self.backfill_step()
         return step
+
+    def _idle(self) -> None:
+        """Nothing came: partitions read to their end are caught up until now (asked once a second)."""
+        assert self.main is not None
+        if time.monotonic() < self._next_idle_check or not self.main.cursor:
+            return
+        self._next_idle_check = time.monotonic() + 1.0
+        moment = now()
+        topic = self.settings.topic(RESULTS_TOPIC)
+        # a broker that is away raises here instead of passing for caught up
+        ends = self.main.consumer.end_offsets(
+            [TopicPartition(topic, p) for p in self.main.cursor], timeout_ms=5000
+        )
+        for tp, end in ends.items():
+            if self.main.cursor.get(tp.partition, -1) >= end:
+                self.watermark[tp.partition] = moment
+
+    def check_topics(self) -> None:
+        """Now and then: do the broker's topics still hold what we know we read and wrote?
+
+        A broker that lost its data while we ran (an embedded broker restarted, a lost topic)
+        makes us start again: recovery republishes the feeds and re-checks the cursors.
+        """
+        self._next_check = time.monotonic() + self.check_every
+        assert self.main is not None
+        names = [*(s.topic for s in self.subscriptions.values()), DELIVERIES_TOPIC, DEADLETTER_TOPIC]
+        lost = [
+            n
+            for n in names
+            if not holds(self.bootstrap, self.settings.topic(n), self.ledger.recorded_offsets(n))
+        ]
+        stored = self.ledger.cursors("main", list(self.main.cursor))
+        checker = probe(self.bootstrap)
+        try:
+            wanted = {p: offset - 1 for p, (offset, _last) in stored.items() if offset}
+            before = read_each(checker, self.settings.topic(RESULTS_TOPIC), wanted)
+        finally:
+            checker.close()
+        if any(p not in before or digest(before[p].value) != stored[p][1] for p in wanted):
+            lost.append(RESULTS_TOPIC)
+        if lost:
+            raise TopicsLost(", ".join(lost))
 
     def process(self, reader: Reader, batch: dict[TopicPartition, list[Any]]) -> Step:
         """Decide, record, publish and confirm one batch of rod.results.v1."""

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from services.distributor import ledger as tables
 from services.distributor.feeds import DEADLETTER_TOPIC, RESULTS_TOPIC
 from services.distributor.subscriptions import load
 from services.kernel import kafka
-from services.kernel.broker import LocalBroker
+from services.kernel.broker import LocalBroker, free_port
 from services.kernel.codec import Codec
 from services.kernel.settings import Settings
 from tests.integration.distributor_support import (
@@ -446,3 +447,49 @@ def _on(settings: Settings, bootstrap: str) -> Settings:
     return Settings(
         settings.data_dir, bootstrap, settings.database_urls, settings.catalogue, settings.topic_prefix
     )
+
+
+@SQLITE_ONLY
+def test_a_broker_outage_makes_it_wait_and_retry_and_nothing_is_dropped(settings: Settings) -> None:
+    port = free_port()
+    first = LocalBroker(port)
+    first.start()
+    chain = make_chain(_on(settings, first.bootstrap))
+    early = [chain.register(i) for i in range(4)]
+    chain.publish()
+    distributor = chain.distributor()
+    distributor.check_every = 1.0
+    errors: list[Exception] = []
+    stop = threading.Event()
+    worker = threading.Thread(target=distributor.run, args=(stop,), kwargs={"on_error": errors.append})
+    worker.start()
+    second = None
+    try:
+        _wait(lambda: chain.decision_count() == 12)
+        first.stop()  # the broker goes away, and comes back empty (memory storage)
+        late = [chain.register(10 + i) for i in range(4)]  # stored meanwhile, not yet published
+        _wait(lambda: bool(errors), timeout=60)
+        second = LocalBroker(port)
+        second.start()
+        chain.relay.close()
+        chain.relay.recover()
+        chain.publish()
+        _wait(lambda: chain.decision_count() == 24, timeout=90)
+        extract = {m["result_id"] for m in chain.feed("extract", 8)}
+        assert extract == set(early + late)  # the feed lost with the broker is back, and the new ones
+    finally:
+        stop.set()
+        worker.join(60)
+        distributor.close()
+        close_chain(chain)
+        for broker in (first, second):
+            if broker:
+                broker.stop()
+    assert len({(r.subscription, r.event_id) for r in chain.decisions()}) == 24
+
+
+def _wait(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)

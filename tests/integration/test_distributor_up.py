@@ -1,0 +1,120 @@
+"""`rod up` stopped and started again: the memory broker is empty, every feed comes back from the ledger."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from services.distributor import ledger as tables
+from services.distributor.ledger import Ledger
+from services.kernel.broker import free_port
+from services.kernel.codec import Codec
+from services.kernel.settings import Settings
+from tests.fixtures.bulkfiles import write_csv
+from tests.integration.distributor_support import CATALOGUE, FEEDS
+from tests.support import LOG_SINK, read_topic, run_rod, settings_env
+
+ROD = Path(sys.executable).with_name("rod")
+
+
+def _up(env: dict[str, str], data_dir: Path) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [str(ROD), "up", "--data-dir", str(data_dir), "--port", str(free_port())],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    bootstrap_file = data_dir / "kafka.bootstrap"
+    while not bootstrap_file.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "rod up did not start the broker"
+        time.sleep(0.1)
+    return proc, bootstrap_file.read_text().strip()
+
+
+def _down(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=90)
+    LOG_SINK.write(out + err)
+    assert proc.returncode == 0, err[-2000:]
+
+
+def _feeds(
+    bootstrap: str, settings: Settings, sizes: dict[str, int], timeout: float = 60
+) -> dict[str, set[str]]:
+    """The delivery_ids on each feed, waiting until each holds at least `sizes[feed]` of them."""
+    codec = Codec()
+    found: dict[str, set[str]] = {}
+    deadline = time.monotonic() + timeout
+    for name, topic in FEEDS.items():
+        while True:
+            records = read_topic(bootstrap, settings.topic(topic), sizes[name], timeout=10)
+            found[name] = {codec.decode(r.value)[1]["delivery_id"] for r in records}
+            if len(found[name]) >= sizes[name] or time.monotonic() > deadline:
+                break
+    return found
+
+
+def _ledger_rows(url: str) -> list[tuple]:
+    ledger = Ledger(url)
+    try:
+        with ledger.reading() as conn:
+            return [tuple(r) for r in conn.execute(select(tables.decisions).order_by(tables.decisions.c.id))]
+    finally:
+        ledger.dispose()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_rod_up_restarted_holds_every_delivery_again_without_new_decisions(
+    settings: Settings, tmp_path: Path
+) -> None:
+    env = {**settings_env(settings), "ROD_CATALOGUE": str(CATALOGUE)}
+    env.pop("ROD_KAFKA_BOOTSTRAP")  # `rod up` starts the local broker itself, empty each time
+    data_dir = Path(env["ROD_DATA_DIR"])
+    run_rod(
+        "institution", "add", "25BE", "--name", "Universiteit Test", "--sectors", "HO", env=env, check=True
+    )
+    file = tmp_path / "results.csv"
+    write_csv(
+        file,
+        [
+            {
+                "bsn": "111222333",
+                "instellingscode": "25BE",
+                "vestigingscode": "25BE01",
+                "sector": "HO",
+                "opleidingscode": "56551" if i % 2 else "50625",
+                "diplomavolgnummer": f"UP-{i}",
+                "diplomadatum": "2026-07-01",
+            }
+            for i in range(6)
+        ],
+    )
+    run_rod("import", str(file), "--institution", "25BE", env=env, check=True)
+    # 6 registrations: cibg-big gets the 3 BIG ones, mijnoverheid and extract all 6
+    sizes = {"cibg-big": 3, "mijnoverheid": 6, "extract": 6}
+
+    proc, bootstrap = _up(env, data_dir)
+    try:
+        before = _feeds(bootstrap, settings, sizes)
+        assert {name: len(ids) for name, ids in before.items()} == sizes
+    finally:
+        _down(proc)
+    decisions = _ledger_rows(settings.database_urls["distributor"])
+    assert len(decisions) == 18
+
+    proc, bootstrap = _up(env, data_dir)
+    try:
+        after = _feeds(bootstrap, settings, sizes)
+    finally:
+        _down(proc)
+    assert after == before
+    assert _ledger_rows(settings.database_urls["distributor"]) == decisions
