@@ -1,0 +1,250 @@
+"""Reading rod.results.v1, rod.deliveries.v1 and rod.extracts.v1 into the projection.
+
+Loop: poll → decode (each event's hash recomputed from its bytes) → apply in one transaction
+(rows inserted if absent, chain checked, offsets stored) → commit the group's offsets. The
+projection's stored offsets are the truth: on taking a partition the reader starts there,
+after checking that the message before it is still the one it read (the embedded broker
+loses its data on restart, and the relay then writes the log anew); if not, it reads that
+partition from the start again, which changes nothing it already holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
+
+from services.audit.chain_check import recomputed_hash
+from services.audit.periods import to_millis
+from services.audit.projection import Batch, Projection
+from services.kernel import kafka
+from services.kernel.codec import Codec, DecodeError
+from services.kernel.logging import get_logger
+from services.kernel.settings import Settings
+
+log = get_logger("audit.reader")
+
+RESULTS_TOPIC = "rod.results.v1"
+DELIVERIES_TOPIC = "rod.deliveries.v1"
+EXTRACTS_TOPIC = "rod.extracts.v1"
+TOPICS = (RESULTS_TOPIC, DELIVERIES_TOPIC, EXTRACTS_TOPIC)
+GROUP_ID = "rod-audit"
+BATCH = 5000
+EXPECTED = {
+    RESULTS_TOPIC: ("ResultRegistered", "ResultDeleted"),
+    DELIVERIES_TOPIC: ("DeliveryReceipt",),
+    EXTRACTS_TOPIC: ("ExtractIssued",),
+}
+
+
+def digest(value: bytes | None) -> bytes:
+    return hashlib.sha256(value or b"").digest()
+
+
+def now_ms() -> int:
+    return to_millis(datetime.now(UTC))
+
+
+class Decoder:
+    """Consumer records → a Batch of rows; what cannot be read is logged (origin only) and left out."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.codec = Codec()
+        self.base = {settings.topic(t): t for t in TOPICS}
+        self.undecodable = 0
+
+    def batch(self, records: Iterable[Any]) -> Batch:
+        batch = Batch()
+        for rec in records:
+            topic = self.base[rec.topic]
+            batch.ends[(topic, rec.partition)] = (rec.offset + 1, digest(rec.value))
+            try:
+                name, record = self.codec.decode(rec.value or b"")
+                if name not in EXPECTED[topic]:
+                    raise DecodeError("RECORD_UNEXPECTED", name)
+                self._add(batch, name, record, rec.value)
+            except (DecodeError, KeyError, TypeError, ValueError) as exc:
+                self.undecodable += 1
+                log.warning("audit_message_unreadable", topic=topic, partition=rec.partition,
+                            offset=rec.offset, code=getattr(exc, "code", type(exc).__name__))
+        return batch
+
+    def _add(self, batch: Batch, name: str, r: dict[str, Any], data: bytes) -> None:
+        if name == "DeliveryReceipt":
+            batch.deliveries.append({
+                "delivery_id": r["delivery_id"], "subscription": r["subscription"], "kind": r["kind"],
+                "event_id": r["event_id"], "result_id": r["result_id"], "institution": r["institution"],
+                "delivered_at": to_millis(r["delivered_at"])})
+            return
+        if name == "ExtractIssued":
+            batch.extracts.append({
+                "extract_id": r["extract_id"], "result_id": r["result_id"], "event_id": r["event_id"],
+                "institution": r["institution"], "issued_at": to_millis(r["issued_at"])})
+            return
+        row = {
+            "position": r["position"], "event_id": r["event_id"], "result_id": r["result_id"],
+            "version": r["version"], "recorded_at": to_millis(r["recorded_at"]),
+            "institution": r["institution"], "prev_hash": r["prev_hash"], "hash": r["hash"],
+            "hash_ok": recomputed_hash(self.codec, data, r) == r["hash"],
+            "sector": None, "programme_code": None, "programme_name": None, "diploma_number": None,
+            "diploma_date": None, "person_kind": None, "person_last3": None,
+            "registered_event_id": None, "reason": None,
+        }
+        if name == "ResultRegistered":
+            row.update(kind="R", sector=r["sector"], programme_code=r["programme_code"],
+                       programme_name=r["programme_name"], diploma_number=r["diploma_number"],
+                       diploma_date=r["diploma_date"].isoformat(), person_kind=r["person_kind"],
+                       person_last3=r["person_number"][-3:])
+        else:
+            row.update(kind="D", registered_event_id=r["registered_event_id"], reason=r["reason"])
+        batch.events.append(row)
+
+
+class AuditReader:
+    """Keeps the projection up to date with the three topics."""
+
+    def __init__(self, projection: Projection, settings: Settings, bootstrap: str,
+                 group_id: str = GROUP_ID, batch: int = BATCH) -> None:
+        self.projection = projection
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.group_id = group_id
+        self.batch = batch
+        self.decoder = Decoder(settings)
+        self.topics = [settings.topic(t) for t in TOPICS]
+        self.last_event_at = time.monotonic()  # when a poll last brought something
+
+    def ensure_topics(self) -> None:
+        kafka.ensure_topics(self.settings, self.bootstrap, list(TOPICS))
+
+    def step(self, consumer: KafkaConsumer, timeout_ms: int = 200) -> int:
+        """One poll applied to the projection; the number of messages it brought."""
+        polled = consumer.poll(timeout_ms=timeout_ms, max_records=self.batch)
+        records = [r for tp in sorted(polled, key=lambda t: (t.topic, t.partition)) for r in polled[tp]]
+        if not records:
+            return 0
+        self.projection.apply(self.decoder.batch(records), now_ms())
+        self.last_event_at = time.monotonic()
+        return len(records)
+
+    def catch_up(self, timeout: float = 600.0) -> int:
+        """Read every partition from the stored offsets to its end, without joining the group."""
+        self.ensure_topics()
+        consumer = kafka.consumer(self.bootstrap, group_id=None, max_poll_records=self.batch)
+        try:
+            partitions = self._partitions(consumer)
+            consumer.assign(partitions)
+            self.seek(consumer, partitions)
+            read, empty, deadline = 0, 0, time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                got = self.step(consumer)
+                read += got
+                empty = 0 if got else empty + 1
+                if empty >= 2 and self._at_end(consumer, partitions):
+                    break
+            return read
+        finally:
+            consumer.close()
+
+    def run(self, stop: threading.Event, on_idle: Callable[[float], None] | None = None,
+            idle_every: float = 60.0) -> None:
+        """Read as a member of the group until `stop`; `on_idle(seconds quiet)` when caught up."""
+        backoff, last_idle = 0.5, 0.0
+        while not stop.is_set():
+            consumer = None
+            try:
+                self.ensure_topics()
+                consumer = kafka.consumer(self.bootstrap, group_id=self.group_id, max_poll_records=self.batch)
+                consumer.subscribe(self.topics, listener=_SeekOnAssign(self, consumer))
+                while not stop.is_set():
+                    if self.step(consumer):
+                        _commit(consumer)
+                        backoff = 0.5
+                    elif consumer.assignment() and on_idle and time.monotonic() - last_idle >= idle_every:
+                        last_idle = time.monotonic()
+                        on_idle(time.monotonic() - self.last_event_at)
+            except Exception as exc:  # noqa: BLE001 - broker or database away, or a bug: log and retry
+                log.warning("audit_reader_retrying", error=type(exc).__name__, retry_in_seconds=backoff)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+            finally:
+                if consumer is not None:
+                    consumer.close(autocommit=False)
+
+    # --- where to start -------------------------------------------------------------------
+
+    def _partitions(self, consumer: KafkaConsumer) -> list[TopicPartition]:
+        found = []
+        for topic in self.topics:
+            deadline = time.monotonic() + 10
+            parts = consumer.partitions_for_topic(topic)
+            while not parts and time.monotonic() < deadline:
+                time.sleep(0.1)
+                parts = consumer.partitions_for_topic(topic)
+            found += [TopicPartition(topic, p) for p in sorted(parts or ())]
+        return found
+
+    def seek(self, consumer: KafkaConsumer, partitions: list[TopicPartition]) -> None:
+        """Seek each partition to the stored offset when the message before it is unchanged, else 0."""
+        stored = self.projection.stored_offsets()
+        wanted = {tp: stored.get((self.decoder.base[tp.topic], tp.partition), (0, None)) for tp in partitions}
+        before = self._messages_before({tp: o for tp, (o, _d) in wanted.items() if o > 0})
+        for tp, (offset, last) in wanted.items():
+            if offset and before.get(tp) != last:
+                log.warning("audit_log_rebuilt", topic=tp.topic, partition=tp.partition, offset=offset)
+                offset = 0
+            consumer.seek(tp, offset)
+
+    def _messages_before(self, cursors: dict[TopicPartition, int]) -> dict[TopicPartition, bytes]:
+        """The digest of the message just before each cursor, where the partition still has it."""
+        if not cursors:
+            return {}
+        checker = kafka.consumer(self.bootstrap, group_id=None)
+        try:
+            ends = checker.end_offsets(list(cursors))
+            present = {tp: o for tp, o in cursors.items() if ends.get(tp, 0) >= o}
+            if not present:
+                return {}
+            checker.assign(list(present))
+            for tp, offset in present.items():
+                checker.seek(tp, offset - 1)
+            found: dict[TopicPartition, bytes] = {}
+            deadline = time.monotonic() + 10
+            while len(found) < len(present) and time.monotonic() < deadline:
+                for tp, records in checker.poll(timeout_ms=200).items():
+                    for r in records:
+                        if r.offset == present[tp] - 1:
+                            found[tp] = digest(r.value)
+                    checker.pause(tp)
+            return found
+        finally:
+            checker.close()
+
+    def _at_end(self, consumer: KafkaConsumer, partitions: list[TopicPartition]) -> bool:
+        ends = consumer.end_offsets(partitions)
+        return all(consumer.position(tp) >= ends.get(tp, 0) for tp in partitions)
+
+
+class _SeekOnAssign(ConsumerRebalanceListener):
+    def __init__(self, reader: AuditReader, consumer: KafkaConsumer) -> None:
+        self.reader = reader
+        self.consumer = consumer
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        pass
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        self.reader.seek(self.consumer, sorted(assigned, key=lambda t: (t.topic, t.partition)))
+
+
+def _commit(consumer: KafkaConsumer) -> None:
+    """Commit the group's offsets for operators' views; the projection's own are the truth."""
+    try:
+        consumer.commit()
+    except Exception as exc:  # noqa: BLE001 - a rebalance in between: the next commit covers it
+        log.info("audit_commit_skipped", error=type(exc).__name__)
