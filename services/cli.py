@@ -7,6 +7,8 @@ import threading
 
 import click
 
+from services.audit import cli as audit_cli
+from services.audit.service import AuditService
 from services.distributor import cli as distributor_cli
 from services.distributor.loop import Distributor
 from services.kernel import kafka
@@ -56,10 +58,12 @@ def up(ctx: click.Context, port: int, data_dir: str | None) -> None:
         kafka.ensure_topics(settings, bootstrap)
         relay = Relay(EventStore(settings.database_urls["registrar"]), settings, bootstrap)
         distributor = Distributor(settings, bootstrap)
+        audit = AuditService(settings, bootstrap)
         # Each component runs until `stop` is set; add new services here.
         workers = [
             threading.Thread(target=relay.run, args=(stop,), name="relay", daemon=True),
             threading.Thread(target=distributor.run, args=(stop,), name="distributor", daemon=True),
+            threading.Thread(target=audit.run, args=(stop,), name="audit", daemon=True),
             *(threading.Thread(target=run, args=(stop,), name=name, daemon=True)
               for name, run in registrar_serve.components(settings, bootstrap, port)),
         ]
@@ -75,6 +79,7 @@ def up(ctx: click.Context, port: int, data_dir: str | None) -> None:
             worker.join(timeout=30)
         relay.close()
         distributor.close()
+        audit.close()
     finally:
         if broker:
             broker.stop()
@@ -82,5 +87,5 @@ def up(ctx: click.Context, port: int, data_dir: str | None) -> None:
     click.echo("stopped")
 
 
-for command in registrar_cli.COMMANDS + distributor_cli.COMMANDS:
+for command in registrar_cli.COMMANDS + distributor_cli.COMMANDS + audit_cli.COMMANDS:
     main.add_command(command)
