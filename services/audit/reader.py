@@ -60,9 +60,10 @@ class Decoder:
 
     def batch(self, records: Iterable[Any]) -> Batch:
         batch = Batch()
+        last: dict[tuple[str, int], Any] = {}
         for rec in records:
             topic = self.base[rec.topic]
-            batch.ends[(topic, rec.partition)] = (rec.offset + 1, digest(rec.value))
+            last[(topic, rec.partition)] = rec
             try:
                 name, record = self.codec.decode(rec.value or b"")
                 if name not in EXPECTED[topic]:
@@ -72,37 +73,27 @@ class Decoder:
                 self.undecodable += 1
                 log.warning("audit_message_unreadable", topic=topic, partition=rec.partition,
                             offset=rec.offset, code=getattr(exc, "code", type(exc).__name__))
+        batch.ends = {key: (rec.offset + 1, digest(rec.value)) for key, rec in last.items()}
         return batch
 
     def _add(self, batch: Batch, name: str, r: dict[str, Any], data: bytes) -> None:
         if name == "DeliveryReceipt":
-            batch.deliveries.append({
-                "delivery_id": r["delivery_id"], "subscription": r["subscription"], "kind": r["kind"],
-                "event_id": r["event_id"], "result_id": r["result_id"], "institution": r["institution"],
-                "delivered_at": to_millis(r["delivered_at"])})
-            return
-        if name == "ExtractIssued":
-            batch.extracts.append({
-                "extract_id": r["extract_id"], "result_id": r["result_id"], "event_id": r["event_id"],
-                "institution": r["institution"], "issued_at": to_millis(r["issued_at"])})
-            return
-        row = {
-            "position": r["position"], "event_id": r["event_id"], "result_id": r["result_id"],
-            "version": r["version"], "recorded_at": to_millis(r["recorded_at"]),
-            "institution": r["institution"], "prev_hash": r["prev_hash"], "hash": r["hash"],
-            "hash_ok": recomputed_hash(self.codec, data, r) == r["hash"],
-            "sector": None, "programme_code": None, "programme_name": None, "diploma_number": None,
-            "diploma_date": None, "person_kind": None, "person_last3": None,
-            "registered_event_id": None, "reason": None,
-        }
-        if name == "ResultRegistered":
-            row.update(kind="R", sector=r["sector"], programme_code=r["programme_code"],
-                       programme_name=r["programme_name"], diploma_number=r["diploma_number"],
-                       diploma_date=r["diploma_date"].isoformat(), person_kind=r["person_kind"],
-                       person_last3=r["person_number"][-3:])
+            batch.deliveries.append((r["delivery_id"], r["subscription"], r["kind"], r["event_id"],
+                                     r["result_id"], r["institution"], to_millis(r["delivered_at"])))
+        elif name == "ExtractIssued":
+            batch.extracts.append((r["extract_id"], r["result_id"], r["event_id"], r["institution"],
+                                   to_millis(r["issued_at"])))
+        elif name == "ResultRegistered":  # in EVENT_COLUMNS order; only the last three digits of the person
+            batch.events.append((
+                r["position"], r["event_id"], "R", r["result_id"], r["version"], to_millis(r["recorded_at"]),
+                r["institution"], r["sector"], r["programme_code"], r["programme_name"], r["diploma_number"],
+                r["diploma_date"].isoformat(), r["person_kind"], r["person_number"][-3:], None, None,
+                r["prev_hash"], r["hash"], recomputed_hash(self.codec, data, r) == r["hash"]))
         else:
-            row.update(kind="D", registered_event_id=r["registered_event_id"], reason=r["reason"])
-        batch.events.append(row)
+            batch.events.append((
+                r["position"], r["event_id"], "D", r["result_id"], r["version"], to_millis(r["recorded_at"]),
+                r["institution"], None, None, None, None, None, None, None, r["registered_event_id"],
+                r["reason"], r["prev_hash"], r["hash"], recomputed_hash(self.codec, data, r) == r["hash"]))
 
 
 class AuditReader:

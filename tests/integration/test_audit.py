@@ -268,3 +268,29 @@ def test_rod_report_by_hand_marks_an_open_period_provisional_and_regenerates_ide
     bad = run_rod("report", "--period", "2025-06", env=env)
     assert bad.returncode == 2 and "PERIOD_INVALID" in bad.stderr
     shutil.rmtree(audit_settings.data_dir / "reports")
+
+
+def test_a_broker_that_lost_its_data_is_read_again_from_the_start_changing_nothing(
+    audit_settings: Settings, tmp_path: Path
+) -> None:
+    from services.kernel.broker import LocalBroker
+
+    year = scripted_year()
+    year.log.produce(audit_settings, audit_settings.kafka_bootstrap or "")
+    projection = built(audit_settings)
+    before = (projection.counts(), projection.status().verified)
+    projection.dispose()
+    with LocalBroker() as restarted:  # memory storage: empty, and the relay writes the log anew
+        moved = Settings(**{**vars(audit_settings), "kafka_bootstrap": restarted.bootstrap})
+        half = year.log.results[: len(year.log.results) // 2]
+        rest, year.log.results = year.log.results[len(half):], half
+        year.log.produce(moved, restarted.bootstrap)  # shorter than what the projection read
+        projection = built(moved)
+        assert (projection.counts(), projection.status().verified) == before
+        year.log.results = half + rest
+        later = year.log.register("40MB", "MBO", ams(2025, 12, 1))
+        year.log.produce(moved, restarted.bootstrap)  # the whole log again, and one new event
+        AuditReader(projection, moved, restarted.bootstrap).catch_up()
+        status = projection.status()
+        assert status.verified == later["position"] == len(year.log.results) and not status.breaks
+        projection.dispose()
