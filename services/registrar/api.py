@@ -109,6 +109,7 @@ def create_app(
     writer = RegistrationWriter(registrar)
 
     install_error_handlers(app)
+    document_the_gate(app)
     app.add_middleware(Gate, token_book=TokenBook(store.engine))
 
     @app.post("/v1/results", status_code=201, response_model=RegisteredOut, tags=["results"],
@@ -251,6 +252,25 @@ def create_app(
         return row
 
     return app
+
+
+def document_the_gate(app: FastAPI) -> None:
+    """The gate answers 401 on every /v1/ route, also on routers mounted later: say so in /openapi.json."""
+    build = app.openapi
+    unauthorised = {"description": "No valid bearer token",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorsOut"}}}}
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            for path, operations in schema.get("paths", {}).items():
+                if path.startswith("/v1/"):
+                    for operation in operations.values():
+                        operation.setdefault("responses", {}).setdefault("401", unauthorised)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def install_error_handlers(app: FastAPI) -> None:
