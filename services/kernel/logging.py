@@ -57,9 +57,9 @@ def configure(stream: TextIO | None = None, json: bool | None = None, level: int
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             mask_person_numbers,  # after exception formatting, so tracebacks are masked too
+            structlog.processors.TimeStamper(fmt="iso", utc=True),  # after masking: its digits stay
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),

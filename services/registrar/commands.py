@@ -181,11 +181,24 @@ class Registrar:
         self, raw: Mapping[str, object], acting_institution: str, batch_id: str | None = None
     ) -> Outcome:
         """Register one result (idempotent for an identical repeat)."""
-        pending, outcome = self._check_registration(0, raw, acting_institution)
-        if outcome:
-            return outcome
-        with self.store.appending() as tx:
-            return self._apply(tx, [pending], batch_id)[0]
+        return self.register_many([(raw, acting_institution)], batch_id)[0]
+
+    def register_many(
+        self, commands: list[tuple[Mapping[str, object], str]], batch_id: str | None = None
+    ) -> list[Outcome]:
+        """Register several results, each (raw, acting institution), in one transaction and in
+        order: a repeat or conflict among them is decided as if they came one by one."""
+        outcomes: list[Outcome | None] = [None] * len(commands)
+        pendings = []
+        for index, (raw, acting) in enumerate(commands):
+            pending, outcomes[index] = self._check_registration(index, raw, acting)
+            if pending:
+                pendings.append(pending)
+        if pendings:
+            with self.store.appending() as tx:
+                for pending, outcome in zip(pendings, self._apply(tx, pendings, batch_id), strict=True):
+                    outcomes[pending.index] = outcome
+        return outcomes  # type: ignore[return-value]  # every index got its outcome
 
     def delete(
         self,

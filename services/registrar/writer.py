@@ -2,11 +2,10 @@
 
 Appends are serialised anyway (one chain head), so concurrent requests gain nothing from
 running their transactions in many threads: they only queue for the write lock. Here they
-queue for this thread instead, which takes every registration waiting, checks each against
-the rules and appends them all in one transaction, in arrival order: the same handlers
-(`Registrar._check_registration`, `Registrar._apply`) the bulk import uses per chunk, so a
-repeat or conflict inside one group is decided exactly as across groups. One commit per
-group instead of one per request is what makes 16 clients fast on SQLite and PostgreSQL.
+queue for this thread instead, which takes every registration waiting and hands them to
+`Registrar.register_many`: one transaction, in arrival order, so a repeat or conflict
+inside one group is decided exactly as across groups. One commit per group instead of one
+per request is what makes 16 clients fast on SQLite and PostgreSQL.
 
 If a group's transaction fails, each of its registrations is tried again on its own, so one
 bad apple answers 500 alone.
@@ -68,7 +67,7 @@ class RegistrationWriter:
 
     def _commit(self, group: list[_Item]) -> None:
         try:
-            outcomes = self._register_together(group)
+            outcomes = self.registrar.register_many([(raw, acting) for raw, acting, _future in group])
         except Exception as exc:
             log.warning("registration_group_failed", size=len(group), error=type(exc).__name__)
             for raw, acting, future in group:
@@ -79,20 +78,3 @@ class RegistrationWriter:
             return
         for (_raw, _acting, future), outcome in zip(group, outcomes, strict=True):
             future.set_result(outcome)
-
-    def _register_together(self, group: list[_Item]) -> list[Outcome]:
-        registrar = self.registrar
-        outcomes: list[Outcome | None] = [None] * len(group)
-        pendings = []
-        for index, (raw, acting, _future) in enumerate(group):
-            pending, outcome = registrar._check_registration(index, raw, acting)
-            if pending is None:
-                outcomes[index] = outcome
-            else:
-                pendings.append(pending)
-        if pendings:
-            with registrar.store.appending() as tx:
-                for pending, outcome in zip(pendings, registrar._apply(tx, pendings, None), strict=True):
-                    outcomes[pending.index] = outcome
-        assert all(o is not None for o in outcomes)
-        return outcomes  # type: ignore[return-value]

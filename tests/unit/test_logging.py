@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 from services.kernel import logging as rod_logging
 from tests.support import LOG_SINK
@@ -43,3 +44,4 @@ def test_a_logger_made_before_configure_follows_it() -> None:
         rod_logging.configure(stream=LOG_SINK, json=True)
     entry = json.loads(out.getvalue())
     assert (entry["component"], entry["bsn"]) == ("imported", "*****333")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z", entry["timestamp"])  # not masked
