@@ -43,9 +43,17 @@ def up(ctx: click.Context, port: int, data_dir: str | None) -> None:
     settings = Settings.from_env(data_dir=data_dir) if data_dir else ctx.obj["settings"]
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     log = rod_logging.get_logger("up")
+    if free_port(port) != port:
+        raise click.ClickException(f"port {port} is taken on 127.0.0.1: choose another with --port")
     stop = threading.Event()
+    asked_to_stop = threading.Event()  # stop without this: a component ended by itself
+
+    def on_signal(*_: object) -> None:
+        asked_to_stop.set()
+        stop.set()
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, on_signal)
 
     broker = None
     bootstrap = settings.kafka_bootstrap
@@ -84,6 +92,8 @@ def up(ctx: click.Context, port: int, data_dir: str | None) -> None:
         if broker:
             broker.stop()
             settings.bootstrap_file.unlink(missing_ok=True)
+    if not asked_to_stop.is_set():
+        raise click.ClickException("stopped because a component failed; see the log above")
     click.echo("stopped")
 
 

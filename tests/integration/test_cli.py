@@ -10,6 +10,7 @@ from pathlib import Path
 
 import sqlalchemy
 
+from services.kernel.broker import free_port
 from services.kernel.codec import Codec
 from services.kernel.settings import Settings
 from services.registrar.relay import RESULTS_TOPIC
@@ -89,7 +90,7 @@ def test_one_changed_payload_byte_breaks_verify_at_that_position(settings: Setti
 def _start_up(env: dict[str, str], data_dir: Path) -> tuple[subprocess.Popen[str], str]:
     rod = Path(sys.executable).with_name("rod")
     proc = subprocess.Popen(
-        [str(rod), "up", "--data-dir", str(data_dir)],
+        [str(rod), "up", "--data-dir", str(data_dir), "--port", str(free_port())],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
