@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -137,3 +138,13 @@ def test_rod_up_restarted_publishes_every_stored_event_again(settings: Settings,
         assert sorted(e["position"] for e in events) == [1, 2, 3, 4, 5]
     finally:
         _stop_up(proc)
+
+
+def test_rod_up_refuses_a_taken_port_and_says_which(settings: Settings) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = run_rod("up", "--port", str(port), env=settings_env(settings), timeout=60)
+    assert proc.returncode == 1
+    assert f"port {port} is taken" in proc.stderr
