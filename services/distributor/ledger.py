@@ -83,13 +83,11 @@ decisions = Table(
     Column("delivered_at", DateTime(timezone=True)),
     Column("decided_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("subscription", "event_id", name="uq_distributor_decisions_subscription_event"),
-    Index(
-        "ix_distributor_decisions_open",
-        "state",
-        "partition",
-        sqlite_where=text("state IN ('held', 'pending')"),
-        postgresql_where=text("state IN ('held', 'pending')"),
-    ),
+    # small partial indexes: only the rows still on their way (a query must name the same state)
+    Index("ix_distributor_decisions_pending", "partition",
+          sqlite_where=text("state = 'pending'"), postgresql_where=text("state = 'pending'")),
+    Index("ix_distributor_decisions_held", "due_at",
+          sqlite_where=text("state = 'held'"), postgresql_where=text("state = 'held'")),
 )
 
 cursors = Table(
@@ -210,6 +208,9 @@ class Row:
 
 
 ROW_COLUMNS = [decisions.c[name] for name in Row.__dataclass_fields__]
+_INSERT_COLUMNS = ("subscription", "event_id", "result_id", "institution", "state", "kind", "reason",
+                   "delivery_id", "payload", "partition", "due_at", "delivered_at", "decided_at")
+_STAMPS = {"due_at", "delivered_at", "decided_at"}
 
 
 def _row(raw: Any) -> Row:
@@ -398,8 +399,30 @@ class Ledger:
         return found
 
     def insert(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
-        if rows:
+        """Insert decisions; one that is already there stays as it is (insert-if-absent)."""
+        if not rows:
+            return
+        if self.dialect != "sqlite":
             conn.execute(self.insert_if_absent(decisions), rows)
+            return
+        # the hot path on SQLite: the driver's executemany with the timestamps formatted once
+        # each, as SQLAlchemy stores them, instead of a bind processor per value
+        stamps: dict[datetime, str] = {}
+
+        def stamp(moment: datetime | None) -> str | None:
+            if moment is None:
+                return None
+            text = stamps.get(moment)
+            if text is None:
+                text = stamps[moment] = moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+            return text
+
+        columns = _INSERT_COLUMNS
+        conn.exec_driver_sql(
+            f"INSERT INTO distributor_decisions ({', '.join(columns)}) "
+            f"VALUES ({', '.join('?' for _ in columns)}) ON CONFLICT DO NOTHING",
+            [tuple(stamp(r[c]) if c in _STAMPS else r[c] for c in columns) for r in rows],
+        )
 
     def cancel_held(self, conn: Connection, subscription: str, event_id: str) -> bool:
         """held → cancelled; False when it is no longer held (released meanwhile)."""

@@ -59,7 +59,7 @@ from services.kernel.settings import Settings
 log = get_logger("distributor")
 
 GROUP_ID = "rod-distributor"
-BATCH = 2000
+BATCH = 5000
 CHECK_EVERY = 15.0  # seconds between checks that the broker still holds our topics
 
 
@@ -135,6 +135,7 @@ class Distributor:
         self.check_every = CHECK_EVERY
         self._next_idle_check = 0.0
         self._next_check = 0.0
+        self._next_housekeeping = 0.0
 
     # start-up and recovery
 
@@ -305,8 +306,12 @@ class Distributor:
             self._idle()
         if time.monotonic() >= self._next_check:
             self.check_topics()
-        self.release_due()
-        self.backfill_step()
+        if time.monotonic() >= self._next_housekeeping:  # holds and backfills: once a second is enough
+            self._next_housekeeping = time.monotonic() + 1.0
+            self.release_due()
+            self.backfill_step()
+        elif self.backfills:
+            self.backfill_step()
         return step
 
     def _idle(self) -> None:
