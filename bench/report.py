@@ -49,6 +49,14 @@ SECTORS = [("HO", "56551", "B Geneeskunde", "arts"), ("MBO", "25655", "Verzorgen
 NS = uuid.UUID("0b0e1d5c-7a4f-5b3e-9d2c-6f8a1e4b3c21")
 
 
+def uuid7(at: datetime, rng: random.Random) -> str:
+    """A UUIDv7 as the registrar makes result ids: milliseconds first, so ids sort by time."""
+    value = (int(at.timestamp() * 1000) << 80) | rng.getrandbits(80)
+    value = (value & ~(0xF << 76)) | (7 << 76)  # version 7
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 9562 variant
+    return str(uuid.UUID(int=value))
+
+
 def institution_code(i: int) -> str:
     return f"{i % 100:02d}{chr(65 + (i // 100) % 26)}{chr(65 + (i // 2600) % 26)}"
 
@@ -77,7 +85,7 @@ def generate(settings: Settings, bootstrap: str, events: int, institutions: int)
             i = rng.randrange(institutions)
             institution = institution_code(i)
             sector, code, name, big = SECTORS[i % 3]
-            result_id = str(uuid.uuid5(NS, f"r{position}"))
+            result_id = uuid7(at, rng)
             person = PEOPLE[position % len(PEOPLE)]
             record = {"event_id": str(uuid.uuid5(NS, f"{result_id}/1")), "result_id": result_id, "version": 1,
                       "position": position, "recorded_at": at, "institution": institution, "batch_id": None,

@@ -50,7 +50,7 @@ events = Table(
     "audit_events",
     metadata,
     Column("position", BigInteger, primary_key=True, autoincrement=False),
-    Column("event_id", String(36), nullable=False, unique=True),
+    Column("event_id", String(36), nullable=False),
     Column("kind", String(1), nullable=False),  # R registered, D deleted
     Column("result_id", String(36), nullable=False),
     Column("version", Integer, nullable=False),
@@ -69,16 +69,21 @@ events = Table(
     Column("hash", LargeBinary, nullable=False),
     Column("hash_ok", Boolean, nullable=False),
     Index("audit_events_kind_time", "kind", "recorded_at"),
+    # Lookups go by result id first: a UUIDv7, so this index grows at its end; event ids are
+    # UUIDv5 (random), and an index led by them costs a random page per insert.
+    Index("audit_events_result", "result_id", "event_id"),
 )
 
+# A receipt's delivery_id is the UUIDv5 of (subscription, event_id, kind): keyed by those (result id
+# first, see above), a receipt read twice is the same row.
 deliveries = Table(
     "audit_deliveries",
     metadata,
-    Column("delivery_id", String(200), primary_key=True),
-    Column("subscription", String(100), nullable=False),
-    Column("kind", String(12), nullable=False),  # DELIVERY | WITHDRAWAL
-    Column("event_id", String(36), nullable=False, index=True),
-    Column("result_id", String(36), nullable=False),
+    Column("result_id", String(36), primary_key=True),
+    Column("event_id", String(36), primary_key=True),
+    Column("subscription", String(100), primary_key=True),
+    Column("kind", String(12), primary_key=True),  # DELIVERY | WITHDRAWAL
+    Column("delivery_id", String(200), nullable=False),
     Column("institution", String(8), nullable=False),
     Column("delivered_at", BigInteger, nullable=False),
 )
@@ -88,9 +93,10 @@ extracts = Table(
     metadata,
     Column("extract_id", String(200), primary_key=True),
     Column("result_id", String(36), nullable=False),
-    Column("event_id", String(36), nullable=False, index=True),
+    Column("event_id", String(36), nullable=False),
     Column("institution", String(8), nullable=False),
     Column("issued_at", BigInteger, nullable=False),
+    Index("audit_extracts_result", "result_id", "event_id"),
 )
 
 chain_state = Table(
@@ -161,6 +167,7 @@ def engine_for(url: str) -> Engine:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.execute("PRAGMA cache_size=-65536")  # 64 MiB: the id indexes take random inserts
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -176,7 +183,7 @@ EVENT_COLUMNS = ("position", "event_id", "kind", "result_id", "version", "record
                  "sector", "programme_code", "programme_name", "diploma_number", "diploma_date",
                  "person_kind", "person_last3", "registered_event_id", "reason", "prev_hash", "hash",
                  "hash_ok")
-DELIVERY_COLUMNS = ("delivery_id", "subscription", "kind", "event_id", "result_id", "institution",
+DELIVERY_COLUMNS = ("result_id", "event_id", "subscription", "kind", "delivery_id", "institution",
                     "delivered_at")
 EXTRACT_COLUMNS = ("extract_id", "result_id", "event_id", "institution", "issued_at")
 _POSITION, _RECORDED_AT, _PREV_HASH, _HASH, _HASH_OK = 0, 5, 16, 17, 18
@@ -193,6 +200,13 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.events) + len(self.deliveries) + len(self.extracts)
+
+    def extend(self, later: Batch) -> None:
+        """Take a later batch in (one transaction for both)."""
+        self.events += later.events
+        self.deliveries += later.deliveries
+        self.extracts += later.extracts
+        self.ends.update(later.ends)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ partition from the start again, which changes nothing it already holds.
 from __future__ import annotations
 
 import hashlib
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -18,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
+from kafka.structs import OffsetAndMetadata
 
 from services.audit.chain_check import recomputed_hash
 from services.audit.periods import to_millis
@@ -78,8 +80,8 @@ class Decoder:
 
     def _add(self, batch: Batch, name: str, r: dict[str, Any], data: bytes) -> None:
         if name == "DeliveryReceipt":
-            batch.deliveries.append((r["delivery_id"], r["subscription"], r["kind"], r["event_id"],
-                                     r["result_id"], r["institution"], to_millis(r["delivered_at"])))
+            batch.deliveries.append((r["result_id"], r["event_id"], r["subscription"], r["kind"],
+                                     r["delivery_id"], r["institution"], to_millis(r["delivered_at"])))
         elif name == "ExtractIssued":
             batch.extracts.append((r["extract_id"], r["result_id"], r["event_id"], r["institution"],
                                    to_millis(r["issued_at"])))
@@ -113,13 +115,13 @@ class AuditReader:
     def ensure_topics(self) -> None:
         kafka.ensure_topics(self.settings, self.bootstrap, list(TOPICS))
 
-    def step(self, consumer: KafkaConsumer, timeout_ms: int = 200) -> int:
-        """One poll applied to the projection; the number of messages it brought."""
+    def step(self, consumer: KafkaConsumer, writer: _Writer, timeout_ms: int = 200) -> int:
+        """One poll, decoded and handed to the writer; the number of messages it brought."""
         polled = consumer.poll(timeout_ms=timeout_ms, max_records=self.batch)
         records = [r for tp in sorted(polled, key=lambda t: (t.topic, t.partition)) for r in polled[tp]]
         if not records:
             return 0
-        self.projection.apply(self.decoder.batch(records), now_ms())
+        writer.submit(self.decoder.batch(records))
         self.last_event_at = time.monotonic()
         return len(records)
 
@@ -127,19 +129,22 @@ class AuditReader:
         """Read every partition from the stored offsets to its end, without joining the group."""
         self.ensure_topics()
         consumer = kafka.consumer(self.bootstrap, group_id=None, max_poll_records=self.batch)
+        writer = _Writer(self.projection)
         try:
             partitions = self._partitions(consumer)
             consumer.assign(partitions)
             self.seek(consumer, partitions)
             read, empty, deadline = 0, 0, time.monotonic() + timeout
             while time.monotonic() < deadline:
-                got = self.step(consumer)
+                got = self.step(consumer, writer)
                 read += got
                 empty = 0 if got else empty + 1
                 if empty >= 2 and self._at_end(consumer, partitions):
                     break
+            writer.drain()
             return read
         finally:
+            writer.close()
             consumer.close()
 
     def run(self, stop: threading.Event, on_idle: Callable[[float], None] | None = None,
@@ -147,16 +152,18 @@ class AuditReader:
         """Read as a member of the group until `stop`; `on_idle(seconds quiet)` when caught up."""
         backoff, last_idle = 0.5, 0.0
         while not stop.is_set():
-            consumer = None
+            consumer, writer = None, _Writer(self.projection)
             try:
                 self.ensure_topics()
                 consumer = kafka.consumer(self.bootstrap, group_id=self.group_id, max_poll_records=self.batch)
-                consumer.subscribe(self.topics, listener=_SeekOnAssign(self, consumer))
+                consumer.subscribe(self.topics, listener=_SeekOnAssign(self, consumer, writer))
                 while not stop.is_set():
-                    if self.step(consumer):
-                        _commit(consumer)
+                    if self.step(consumer, writer):
+                        self._commit(consumer, writer.applied)
                         backoff = 0.5
                     elif consumer.assignment() and on_idle and time.monotonic() - last_idle >= idle_every:
+                        writer.drain()  # the scheduler looks at everything read so far
+                        self._commit(consumer, writer.applied)
                         last_idle = time.monotonic()
                         on_idle(time.monotonic() - self.last_event_at)
             except Exception as exc:  # noqa: BLE001 - broker or database away, or a bug: log and retry
@@ -164,8 +171,21 @@ class AuditReader:
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
             finally:
+                writer.close()
                 if consumer is not None:
                     consumer.close(autocommit=False)
+
+    def _commit(self, consumer: KafkaConsumer, applied: dict[tuple[str, int], int]) -> None:
+        """Commit what the projection holds as the group's offsets, for operators' views (the
+        projection's own offsets are the truth)."""
+        offsets = {TopicPartition(self.settings.topic(topic), p): OffsetAndMetadata(o, "", -1)
+                   for (topic, p), o in list(applied.items())}
+        if not offsets:
+            return
+        try:
+            consumer.commit(offsets)
+        except Exception as exc:  # noqa: BLE001 - a rebalance in between: the next commit covers it
+            log.info("audit_commit_skipped", error=type(exc).__name__)
 
     # --- where to start -------------------------------------------------------------------
 
@@ -222,20 +242,73 @@ class AuditReader:
 
 
 class _SeekOnAssign(ConsumerRebalanceListener):
-    def __init__(self, reader: AuditReader, consumer: KafkaConsumer) -> None:
+    def __init__(self, reader: AuditReader, consumer: KafkaConsumer, writer: _Writer) -> None:
         self.reader = reader
         self.consumer = consumer
+        self.writer = writer
 
     def on_partitions_revoked(self, revoked: Any) -> None:
         pass
 
     def on_partitions_assigned(self, assigned: Any) -> None:
+        self.writer.drain()  # start from what is stored, with nothing still on its way there
         self.reader.seek(self.consumer, sorted(assigned, key=lambda t: (t.topic, t.partition)))
 
 
-def _commit(consumer: KafkaConsumer) -> None:
-    """Commit the group's offsets for operators' views; the projection's own are the truth."""
-    try:
-        consumer.commit()
-    except Exception as exc:  # noqa: BLE001 - a rebalance in between: the next commit covers it
-        log.info("audit_commit_skipped", error=type(exc).__name__)
+class _Writer:
+    """Applies decoded batches to the projection in order, in a thread of its own.
+
+    While it writes one batch the reader polls and decodes the next: the database drivers
+    release the GIL while they work, so reading and writing overlap (bench/report.py). After
+    a failed batch it applies nothing more and the reader raises at its next hand-over; the
+    projection's stored offsets then say where to start again.
+    """
+
+    def __init__(self, projection: Projection, depth: int = 2) -> None:
+        self.projection = projection
+        self.queue: queue.Queue[Batch | None] = queue.Queue(maxsize=depth)
+        self.error: Exception | None = None
+        self.applied: dict[tuple[str, int], int] = {}  # next offset per (topic, partition), stored
+        self.thread = threading.Thread(target=self._loop, name="audit-writer", daemon=True)
+        self.thread.start()
+
+    def submit(self, batch: Batch) -> None:
+        self._raise()
+        self.queue.put(batch)
+
+    def drain(self) -> None:
+        """Wait until every batch handed over is stored (or raise what stopped the writer)."""
+        self.queue.join()
+        self._raise()
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join(timeout=60)
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def _loop(self) -> None:
+        while True:
+            batch = self.queue.get()
+            taken = 1
+            try:
+                if batch is None:
+                    return
+                while not self.queue.empty():  # what queued up meanwhile goes in the same transaction
+                    later = self.queue.get_nowait()
+                    taken += 1
+                    if later is None:
+                        self.queue.put(None)  # close() after this batch
+                        break
+                    batch.extend(later)
+                if self.error is None:
+                    self.projection.apply(batch, now_ms())
+                    for key, (next_offset, _digest) in batch.ends.items():
+                        self.applied[key] = next_offset
+            except Exception as exc:  # noqa: BLE001 - handed to the reader's thread, which retries
+                self.error = exc
+            finally:
+                for _ in range(taken):
+                    self.queue.task_done()

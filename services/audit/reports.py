@@ -97,6 +97,11 @@ def _in(period: Period, verified: int, table=events):  # noqa: ANN001, ANN202 - 
                 table.c.position <= verified)
 
 
+def _registration(d, r):  # noqa: ANN001, ANN202 - a SQL condition
+    """The registration a deletion ends (by result id first: that is how the index runs)."""
+    return and_(r.c.result_id == d.c.result_id, r.c.event_id == d.c.registered_event_id)
+
+
 def _institutions(conn: Connection, period: Period, verified: int) -> list[str]:
     query = (select(events.c.institution).distinct()
              .where(events.c.kind == "R", events.c.recorded_at < period.end_ms, events.c.position <= verified)
@@ -114,7 +119,7 @@ def _counts(conn: Connection, period: Period, verified: int, kind: str) -> dict[
     else:
         d, r = events.alias("d"), events.alias("r")
         query = (select(d.c.institution, r.c.sector, func.count())
-                 .select_from(d.join(r, r.c.event_id == d.c.registered_event_id))
+                 .select_from(d.join(r, _registration(d, r)))
                  .where(d.c.kind == "D", _in(period, verified, d))
                  .group_by(d.c.institution, r.c.sector))
     return {(i, s): n for i, s, n in conn.execute(query)}
@@ -135,7 +140,8 @@ def _deletions(conn: Connection, period: Period, verified: int) -> list[Deletion
     received: dict[int, set[str]] = {}
     for position, subscription in conn.execute(
         select(d.c.position, deliveries.c.subscription).distinct()
-        .select_from(d.join(deliveries, and_(deliveries.c.event_id == d.c.registered_event_id,
+        .select_from(d.join(deliveries, and_(deliveries.c.result_id == d.c.result_id,
+                                             deliveries.c.event_id == d.c.registered_event_id,
                                              deliveries.c.kind == "DELIVERY",
                                              deliveries.c.delivered_at <= d.c.recorded_at)))
         .where(where)
@@ -143,7 +149,8 @@ def _deletions(conn: Connection, period: Period, verified: int) -> list[Deletion
         received.setdefault(position, set()).add(subscription)
     extracted = set(conn.execute(
         select(d.c.position).distinct()
-        .select_from(d.join(extracts, and_(extracts.c.event_id == d.c.registered_event_id,
+        .select_from(d.join(extracts, and_(extracts.c.result_id == d.c.result_id,
+                                           extracts.c.event_id == d.c.registered_event_id,
                                            extracts.c.issued_at <= d.c.recorded_at)))
         .where(where)
     ).scalars())
@@ -151,7 +158,7 @@ def _deletions(conn: Connection, period: Period, verified: int) -> list[Deletion
         select(d.c.position, d.c.event_id, d.c.result_id, d.c.institution, r.c.sector, r.c.programme_code,
                r.c.programme_name, r.c.diploma_number, r.c.diploma_date, r.c.person_last3,
                r.c.recorded_at.label("registered_at"), d.c.recorded_at.label("deleted_at"), d.c.reason)
-        .select_from(d.join(r, r.c.event_id == d.c.registered_event_id))
+        .select_from(d.join(r, _registration(d, r)))
         .where(where)
         .order_by(d.c.institution, d.c.recorded_at, d.c.position)
     )
