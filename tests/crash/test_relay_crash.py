@@ -80,11 +80,16 @@ def test_relay_survives_sigkill_at_random_moments(settings: Settings, tmp_path: 
     killed_midway = 0
     for _ in range(KILLS):
         before = relay.published_position()
-        if before == EVENTS:  # all out: publish the second half again, so kills land mid-publication
-            relay.rewind(EVENTS // 2)
+        if before == EVENTS:  # all out: publish everything again, so kills land mid-publication
+            relay.rewind(1)
             before = relay.published_position()
         proc = subprocess.Popen([str(rod), "relay"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        time.sleep(rng.uniform(0.6, 2.0))
+        # The relay publishes 20,000 events in well under a second: wait until it has begun
+        # (or ended), then kill it a random moment later.
+        deadline = time.monotonic() + 30
+        while relay.published_position() == before and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0, 0.25))
         proc.send_signal(signal.SIGKILL)
         out, err = proc.communicate()
         LOG_SINK.write((out + err).decode())
