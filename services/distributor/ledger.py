@@ -40,6 +40,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    literal_column,
     or_,
     select,
     text,
@@ -84,10 +85,18 @@ decisions = Table(
     Column("decided_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("subscription", "event_id", name="uq_distributor_decisions_subscription_event"),
     # small partial indexes: only the rows still on their way (a query must name the same state)
-    Index("ix_distributor_decisions_pending", "partition",
-          sqlite_where=text("state = 'pending'"), postgresql_where=text("state = 'pending'")),
-    Index("ix_distributor_decisions_held", "due_at",
-          sqlite_where=text("state = 'held'"), postgresql_where=text("state = 'held'")),
+    Index(
+        "ix_distributor_decisions_pending",
+        "partition",
+        sqlite_where=text("state = 'pending'"),
+        postgresql_where=text("state = 'pending'"),
+    ),
+    Index(
+        "ix_distributor_decisions_held",
+        "due_at",
+        sqlite_where=text("state = 'held'"),
+        postgresql_where=text("state = 'held'"),
+    ),
 )
 
 cursors = Table(
@@ -208,8 +217,24 @@ class Row:
 
 
 ROW_COLUMNS = [decisions.c[name] for name in Row.__dataclass_fields__]
-_INSERT_COLUMNS = ("subscription", "event_id", "result_id", "institution", "state", "kind", "reason",
-                   "delivery_id", "payload", "partition", "due_at", "delivered_at", "decided_at")
+# written out, not bound: only then may SQLite (and a generic PostgreSQL plan) use the partial indexes
+IS_PENDING = decisions.c.state == literal_column("'pending'")
+IS_HELD = decisions.c.state == literal_column("'held'")
+_INSERT_COLUMNS = (
+    "subscription",
+    "event_id",
+    "result_id",
+    "institution",
+    "state",
+    "kind",
+    "reason",
+    "delivery_id",
+    "payload",
+    "partition",
+    "due_at",
+    "delivered_at",
+    "decided_at",
+)
 _STAMPS = {"due_at", "delivered_at", "decided_at"}
 
 
@@ -462,22 +487,24 @@ class Ledger:
 
     def pending(self, partitions: Iterable[int] | None = None) -> list[Row]:
         """Decided rows not yet confirmed on their feed (a crash or an outage left them)."""
-        where = [decisions.c.state == PENDING]
+        where = [IS_PENDING]
         if partitions is not None:
             where.append(decisions.c.partition.in_(list(partitions)))
-        with self.reading() as conn:
-            return self.rows(conn, *where)
+        with self.reading() as conn:  # sorted here: ORDER BY id in SQL would pick a scan of the table
+            return sorted(self.rows(conn, *where, order=False), key=lambda r: r.id)
 
     def due(self, moment: datetime, partitions: Iterable[int], running: Iterable[str]) -> list[Row]:
         """Held rows of running subscriptions whose time has come (by partition of origin)."""
-        with self.reading() as conn:
-            return self.rows(
+        wanted = set(running)
+        with self.reading() as conn:  # the subscription is filtered here: in SQL it would steer the plan
+            rows = self.rows(
                 conn,
-                decisions.c.state == HELD,
+                IS_HELD,
                 decisions.c.due_at <= moment,
                 decisions.c.partition.in_(list(partitions)),
-                decisions.c.subscription.in_(list(running)),
+                order=False,
             )
+        return sorted((r for r in rows if r.subscription in wanted), key=lambda r: r.id)
 
     def release(self, conn: Connection, row: Row, payload: bytes, delivered_at: datetime) -> bool:
         """held → pending with the message stamped; False when a deletion cancelled it first."""
@@ -490,13 +517,20 @@ class Ledger:
             == 1
         )
 
-    def delivered(self, subscription: str | None = None) -> list[Row]:
-        """Every row that is or may be on a feed, in decision order (republish, replay)."""
+    def delivered(self, subscription: str | None = None, page: int = 5000) -> Iterator[list[Row]]:
+        """Every row that is or may be on a feed, in decision order, a page at a time (republish)."""
         where = [decisions.c.state.in_((PENDING, PUBLISHED)), decisions.c.kind.is_not(None)]
         if subscription:
             where.append(decisions.c.subscription == subscription)
-        with self.reading() as conn:
-            return self.rows(conn, *where)
+        after = 0
+        while True:
+            with self.reading() as conn:
+                query = select(*ROW_COLUMNS).where(*where, decisions.c.id > after)
+                rows = [_row(r) for r in conn.execute(query.order_by(decisions.c.id).limit(page))]
+            if not rows:
+                return
+            yield rows
+            after = rows[-1].id
 
     def counts(self) -> dict[str, dict[str, Any]]:
         """Per subscription: delivered, withdrawn, held, skipped, cancelled, last_delivered_at."""

@@ -220,9 +220,8 @@ class Distributor:
             self._record(self.publisher.flush())
             return
         subs = [s for s in self.subscriptions.values() if s.topic == name]
-        rows = self.ledger.delivered(subs[0].name if subs else None)
-        for start in range(0, len(rows), 5000):
-            for row in rows[start : start + 5000]:
+        for rows in self.ledger.delivered(subs[0].name if subs else None):
+            for row in rows:
                 sub = self.subscriptions.get(row.subscription)
                 if sub is None:
                     continue

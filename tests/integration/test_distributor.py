@@ -359,6 +359,11 @@ def test_replay_resends_one_feed_and_leaves_the_others_and_the_decisions_alone(c
     assert [m["kind"] for m in replayed] == ["DELIVERY", "WITHDRAWAL"] * 2
     assert {name: chain.feed(name, 1) for name in others} == others
     assert len(chain.receipts(1)) == receipts  # a replay repeats messages, not deliveries
+    # a downstream organisation reading the feed drops the repeats by delivery_id
+    tail = run_rod("feed", "tail", "cibg-big", "--idle", "1", env=settings_env(chain.settings), check=True)
+    printed = [json.loads(line) for line in tail.stdout.splitlines()]
+    assert sorted(m["delivery_id"] for m in printed) == sorted(m["delivery_id"] for m in cibg)
+    assert {m["person_number"] for m in printed if m["kind"] == "DELIVERY"} == {"*****333"}  # masked
     assert [tuple(r) for r in chain.decisions()] == before
     distribute(chain)  # the running distributor picks the feed up where it was
     assert [tuple(r) for r in chain.decisions()] == before
