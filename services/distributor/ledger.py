@@ -282,7 +282,7 @@ class Ledger:
         """
         with self.writing() as conn:
             known = set(conn.execute(select(subscriptions.c.name)).scalars())
-            fresh = conn.execute(select(func.count()).select_from(decisions)).scalar_one() == 0
+            fresh = conn.execute(select(decisions.c.id).limit(1)).first() is None
             moment = now()
             for name, start in names_and_starts:
                 if name in known:
