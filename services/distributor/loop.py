@@ -245,7 +245,7 @@ class Distributor:
 
     def publish_pending(self, partitions: Iterable[int] | None) -> int:
         """Send rows a crash or an outage left between decided and confirmed (same bytes)."""
-        rows = self.ledger.pending(partitions)
+        rows = [r for r in self.ledger.pending(partitions) if r.subscription in self.subscriptions]
         self._send([self._outgoing(r) for r in rows], [])
         return len(rows)
 
