@@ -7,6 +7,7 @@ receipts match the feeds.
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import subprocess
@@ -212,17 +213,17 @@ def test_two_distributors_one_killed_halfway_record_each_decision_once(
     relay.catch_up()
     env = settings_env(settings)
     ledger = Ledger(settings.database_urls["distributor"])
-    survivor_log = tmp_path / "survivor.log"
+    survivor_log, victim_log = tmp_path / "survivor.log", tmp_path / "victim.log"
     survivor = _start(env, log=survivor_log)
-    victim = _start(env, log=tmp_path / "victim.log")
+    victim = _start(env, log=victim_log)
     deadline = time.monotonic() + 90
-    while _decisions(ledger)[0] < events * len(FEEDS) // 4:  # both at work, the victim far from done
-        assert time.monotonic() < deadline, "the distributors made no progress"
+    while "distributor_partitions_taken" not in victim_log.read_text():  # both in the group now
+        assert victim.poll() is None and time.monotonic() < deadline, "the victim never held partitions"
         time.sleep(0.05)
+    time.sleep(0.3)
+    assert _decisions(ledger)[0] < events * len(FEEDS), "all was decided before the victim could be killed"
     _kill(victim)
-    victim_log = (tmp_path / "victim.log").read_text()
-    LOG_SINK.write(victim_log)
-    assert "distributor_partitions_taken" in victim_log, "the victim never held partitions"
+    LOG_SINK.write(victim_log.read_text())
     while _decisions(ledger)[0] < events * len(FEEDS):  # the survivor takes the victim's partitions over
         assert survivor.poll() is None and time.monotonic() < deadline + 60, "the survivor did not finish"
         time.sleep(0.2)
@@ -230,6 +231,10 @@ def test_two_distributors_one_killed_halfway_record_each_decision_once(
     survivor.send_signal(signal.SIGINT)
     survivor.communicate(timeout=60)
     LOG_SINK.write(survivor_log.read_text())
-    taken = [line for line in survivor_log.read_text().splitlines() if "distributor_partitions_taken" in line]
-    assert len(taken) >= 2, "the survivor never shared the partitions or never took the victim's over"
+    taken = [
+        json.loads(line)["partitions"]
+        for line in survivor_log.read_text().splitlines()
+        if "distributor_partitions_taken" in line
+    ]
+    assert taken[-1] == [0, 1, 2, 3, 4, 5], "the survivor did not take the victim's partitions over"
     relay.close()
