@@ -195,7 +195,7 @@ class Distributor:
             self._assigned_now = partitions
             log.info("distributor_partitions_taken", partitions=partitions)
 
-    def recover_topics(self, created: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+    def recover_topics(self, created: frozenset[str] | set[str] = frozenset()) -> None:
         """Republish from the ledger every topic of ours that is missing or shorter than recorded."""
         pending_rebuilds = self.ledger.republishing()
         for name in [*(s.topic for s in self.subscriptions.values()), DELIVERIES_TOPIC, DEADLETTER_TOPIC]:
