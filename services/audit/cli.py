@@ -57,6 +57,9 @@ def report(ctx: click.Context, period_id: str, institution: str | None) -> None:
         except ChainBroken as exc:
             click.echo(f"CHAIN_BROKEN: {exc}", err=True)
             sys.exit(1)
+        except LookupError as exc:
+            click.echo(str(exc), err=True)
+            sys.exit(1)
         writer.publish(written, generated_at=now)
     finally:
         projection.dispose()

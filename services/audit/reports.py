@@ -179,6 +179,9 @@ class ReportWriter:
     def write(self, period: Period, now: datetime, institution: str | None = None) -> list[Written]:
         """Make and write the period's reports (one institution's, or all and the national one)."""
         facts = collect(self.projection, period, now)
+        if institution is not None and institution not in facts.institutions:
+            raise LookupError(f"INSTITUTION_UNKNOWN: {institution} registered nothing before "
+                              f"{period.id} ended")
         scopes = [institution] if institution else [*facts.institutions, NATIONAL]
         written = []
         for scope in scopes:

@@ -267,6 +267,8 @@ def test_rod_report_by_hand_marks_an_open_period_provisional_and_regenerates_ide
         "25BE.csv", "25BE.html", "25BE.json"]
     bad = run_rod("report", "--period", "2025-06", env=env)
     assert bad.returncode == 2 and "PERIOD_INVALID" in bad.stderr
+    unknown = run_rod("report", "--period", current.id, "--institution", "99ZZ", env=env)
+    assert unknown.returncode == 1 and "INSTITUTION_UNKNOWN" in unknown.stderr
     shutil.rmtree(audit_settings.data_dir / "reports")
 
 
