@@ -30,16 +30,15 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
-    create_engine,
-    event,
     func,
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from services.audit.chain_check import Break, ChainCheck, Link
+from services.kernel.database import make_engine, writing
 from services.kernel.logging import get_logger
 
 log = get_logger("audit.projection")
@@ -154,29 +153,6 @@ reports = Table(
 )
 
 
-def engine_for(url: str) -> Engine:
-    """An engine: SQLite in WAL with writers serialised by BEGIN IMMEDIATE, or PostgreSQL."""
-    if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True)
-    engine = create_engine(url, connect_args={"timeout": 60})
-
-    @event.listens_for(engine, "connect")
-    def _connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None  # SQLAlchemy's BEGIN below, not the driver's
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=60000")
-        cursor.execute("PRAGMA cache_size=-65536")  # 64 MiB: the id indexes take random inserts
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("writer") else "BEGIN")
-
-    return engine
-
-
 # Rows travel as tuples in these column orders, straight to the driver's executemany: SQLAlchemy's
 # per-row parameter handling cost more than the inserts themselves (bench/report.py).
 EVENT_COLUMNS = ("position", "event_id", "kind", "result_id", "version", "recorded_at", "institution",
@@ -223,7 +199,7 @@ class Projection:
     """The audit tables over one database URL, and the chain check that guards them."""
 
     def __init__(self, url: str) -> None:
-        self.engine = engine_for(url)
+        self.engine = make_engine(url, cache_mib=64)  # the id indexes take random inserts
         try:
             metadata.create_all(self.engine)
         except (IntegrityError, OperationalError):  # another process created them at the same moment
@@ -236,7 +212,7 @@ class Projection:
     @contextmanager
     def writing(self) -> Iterator[Connection]:
         """One write transaction (serialised on SQLite); commits on clean exit."""
-        with self.engine.connect().execution_options(writer=True) as conn, conn.begin():
+        with writing(self.engine) as conn:
             yield conn
 
     def _insert_sql(self, table: Table, columns: tuple[str, ...]) -> str:

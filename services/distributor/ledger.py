@@ -36,8 +36,6 @@ from sqlalchemy import (
     UniqueConstraint,
     and_,
     case,
-    create_engine,
-    event,
     func,
     insert,
     literal_column,
@@ -47,9 +45,10 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 
 from services.distributor.decide import HELD, PENDING, PUBLISHED
+from services.kernel.database import make_engine, writing
 
 metadata = MetaData()
 ROW_ID = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER keys only
@@ -167,28 +166,6 @@ def utc(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=UTC)
 
 
-def make_engine(url: str) -> Engine:
-    """An engine: SQLite in WAL with writers serialised by BEGIN IMMEDIATE, or PostgreSQL."""
-    if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True)
-    engine = create_engine(url, connect_args={"timeout": 60})
-
-    @event.listens_for(engine, "connect")
-    def _connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None  # BEGIN is issued below
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a process kill
-        cursor.execute("PRAGMA busy_timeout=60000")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("writer") else "BEGIN")
-
-    return engine
-
-
 @dataclass(frozen=True)
 class SubscriptionState:
     name: str
@@ -260,7 +237,7 @@ class Ledger:
     @contextmanager
     def writing(self) -> Iterator[Connection]:
         """One write transaction (serialised on SQLite); commits on clean exit."""
-        with self.engine.connect().execution_options(writer=True) as conn, conn.begin():
+        with writing(self.engine) as conn:
             yield conn
 
     @contextmanager

@@ -9,7 +9,6 @@ whose import died stays `running` with no batch id: nobody can fetch half a feed
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,9 +25,10 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DatabaseError
 
+from services.kernel.database import writing
 from services.registrar.commands import BatchSummary, RecordFeedback
 from services.registrar.store import now_millis
 
@@ -167,13 +167,6 @@ class BatchStore:
             if len(rows) < PAGE:
                 return
             after = rows[-1].record
-
-
-@contextmanager
-def writing(engine: Engine) -> Iterator[Connection]:
-    """A write transaction that takes SQLite's write lock up front (BEGIN IMMEDIATE, see store.py)."""
-    with engine.connect().execution_options(rod_writer=True) as conn, conn.begin():
-        yield conn
 
 
 def create_tables(meta: MetaData, engine: Engine) -> None:

@@ -26,9 +26,10 @@ from sqlalchemy.engine import Engine
 
 from services.kernel import kafka
 from services.kernel.codec import Codec, DecodeError
+from services.kernel.database import writing
 from services.kernel.logging import get_logger
 from services.kernel.settings import Settings
-from services.registrar.batches import create_tables, writing
+from services.registrar.batches import create_tables
 from services.registrar.codes import problem
 from services.registrar.metrics import IMPACT_RECEIPTS
 from services.registrar.store import now_millis

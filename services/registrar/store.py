@@ -33,17 +33,16 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     bindparam,
-    create_engine,
-    event,
     insert,
     select,
     update,
 )
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from services.kernel import chain
 from services.kernel.codec import Codec
+from services.kernel.database import make_engine, writing
 
 EVENT_NAMESPACE = uuid.UUID("5b0c7c1e-3f1e-4a8e-9d55-8a3c2f0e7d10")
 _NAMESPACE_BYTES = EVENT_NAMESPACE.bytes
@@ -127,29 +126,6 @@ relay_offsets = Table(
     Column("partition", Integer, primary_key=True, autoincrement=False),
     Column("last_offset", BigInteger, nullable=False),
 )
-
-
-def make_engine(url: str) -> Engine:
-    """An engine with the settings the store relies on (WAL and explicit BEGIN on SQLite)."""
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 60})
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
-            dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a process kill
-            cursor.execute("PRAGMA busy_timeout=60000")
-            cursor.close()
-
-        @event.listens_for(engine, "begin")
-        def _sqlite_begin(conn: Connection) -> None:
-            writer = conn.get_execution_options().get("rod_writer", False)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
-
-        return engine
-    return create_engine(url, pool_pre_ping=True)
 
 
 def event_id_for(result_id: str, version: int) -> str:
@@ -333,7 +309,7 @@ class EventStore:
     @contextmanager
     def appending(self) -> Iterator[Appender]:
         """One serialised write transaction; commits on clean exit, rolls back otherwise."""
-        with self.engine.connect().execution_options(rod_writer=True) as conn, conn.begin():
+        with writing(self.engine) as conn:
             head = conn.execute(
                 select(chain_head.c.position, chain_head.c.hash)
                 .where(chain_head.c.id == 1)
