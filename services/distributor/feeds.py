@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 from kafka.partitioner.default import murmur2
@@ -198,60 +196,3 @@ def ensure_topic(settings: Settings, bootstrap: str, name: str) -> bool:
         return False
     finally:
         client.close()
-
-
-def probe(bootstrap: str) -> KafkaConsumer:
-    """A short-lived reader outside any group that gives up soon when the broker is away."""
-    return kafka.consumer(bootstrap, group_id=None, bootstrap_timeout_ms=5000)
-
-
-def read_each(
-    consumer: KafkaConsumer, topic: str, offsets: dict[int, int], timeout: float = 3.0
-) -> dict[int, Any]:
-    """The record at the given offset of each partition; a partition that does not hold it is left out.
-
-    All partitions are read at once: a missing record costs the timeout once, not per partition.
-    """
-    if not offsets:
-        return {}
-    partitions = [TopicPartition(topic, p) for p in offsets]
-    consumer.assign(partitions)
-    for tp in partitions:
-        consumer.seek(tp, offsets[tp.partition])
-    found: dict[int, Any] = {}
-    settled: set[int] = set()
-    deadline = time.monotonic() + timeout
-    while len(settled) < len(offsets) and time.monotonic() < deadline:
-        for tp, records in consumer.poll(timeout_ms=200).items():
-            wanted = offsets[tp.partition]
-            for record in records:
-                if record.offset >= wanted:
-                    settled.add(tp.partition)
-                    if record.offset == wanted:
-                        found[tp.partition] = record
-                    consumer.pause(tp)
-                    break
-    return found
-
-
-def holds(bootstrap: str, cluster_topic: str, recorded: dict[int, int]) -> bool:
-    """True when every partition still holds the last offset recorded there."""
-    if not recorded:
-        return True
-    consumer = probe(bootstrap)
-    try:
-        partitions = [TopicPartition(cluster_topic, p) for p in recorded]
-        ends = consumer.end_offsets(partitions)
-        # the local broker can report its end short by one batch: look for the records themselves
-        doubtful = {
-            tp.partition: recorded[tp.partition]
-            for tp in partitions
-            if ends.get(tp, 0) <= recorded[tp.partition]
-        }
-        found = read_each(consumer, cluster_topic, doubtful)
-        missing = sorted(set(doubtful) - set(found))
-        if missing:
-            log.warning("distributor_topic_short", topic=cluster_topic, partitions=missing)
-        return not missing
-    finally:
-        consumer.close()

@@ -45,9 +45,6 @@ from services.distributor.feeds import (
     dead_letter,
     digest,
     ensure_topic,
-    holds,
-    probe,
-    read_each,
 )
 from services.distributor.ledger import Ledger, Row, backfill_reader, deadletters, now
 from services.distributor.subscriptions import Subscription, load
@@ -175,9 +172,10 @@ class Distributor:
         """Start reading these partitions at the ledger's cursor, checked against the topic."""
         stored = self.ledger.cursors(reader.name, partitions)
         topic = self.settings.topic(RESULTS_TOPIC)
-        checker = probe(self.bootstrap)
+        checker = kafka.probe(self.bootstrap)
         try:  # is the record before each cursor still the one we read? (a rebuilt log has other offsets)
-            before = read_each(checker, topic, {p: stored[p][0] - 1 for p in partitions if stored[p][0]})
+            previous = {p: stored[p][0] - 1 for p in partitions if stored[p][0]}
+            before = kafka.read_each(checker, topic, previous)
         finally:
             checker.close()
         for p in partitions:
@@ -203,7 +201,7 @@ class Distributor:
             if name in created:
                 intact = not recorded
             else:
-                intact = holds(self.bootstrap, self.settings.topic(name), recorded)
+                intact = kafka.topic_holds(self.bootstrap, self.settings.topic(name), recorded)
             if intact and name not in pending_rebuilds:
                 continue
             log.warning("distributor_republishing", topic=name)
@@ -341,13 +339,13 @@ class Distributor:
         lost = [
             n
             for n in names
-            if not holds(self.bootstrap, self.settings.topic(n), self.ledger.recorded_offsets(n))
+            if not kafka.topic_holds(self.bootstrap, self.settings.topic(n), self.ledger.recorded_offsets(n))
         ]
         stored = self.ledger.cursors("main", list(self.main.cursor))
-        checker = probe(self.bootstrap)
+        checker = kafka.probe(self.bootstrap)
         try:
             wanted = {p: offset - 1 for p, (offset, _last) in stored.items() if offset}
-            before = read_each(checker, self.settings.topic(RESULTS_TOPIC), wanted)
+            before = kafka.read_each(checker, self.settings.topic(RESULTS_TOPIC), wanted)
         finally:
             checker.close()
         if any(p not in before or digest(before[p].value) != stored[p][1] for p in wanted):

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
+from services.kernel.logging import get_logger
 from services.kernel.settings import Settings
+
+log = get_logger("kafka")
 
 
 @dataclass(frozen=True)
@@ -85,3 +89,61 @@ def ensure_topics(settings: Settings, bootstrap: str, names: list[str] | None = 
         return created
     finally:
         client.close()
+
+
+def probe(bootstrap: str) -> KafkaConsumer:
+    """A short-lived reader outside any group that gives up soon when the broker is away."""
+    return consumer(bootstrap, group_id=None, bootstrap_timeout_ms=5000)
+
+
+def read_each(
+    consumer: KafkaConsumer, topic: str, offsets: dict[int, int], timeout: float = 3.0
+) -> dict[int, Any]:
+    """The record at the given offset of each partition; a partition that does not hold it is left out.
+
+    All partitions are read at once: a missing record costs the timeout once, not per partition.
+    """
+    if not offsets:
+        return {}
+    partitions = [TopicPartition(topic, p) for p in offsets]
+    consumer.assign(partitions)
+    for tp in partitions:
+        consumer.seek(tp, offsets[tp.partition])
+    found: dict[int, Any] = {}
+    settled: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while len(settled) < len(offsets) and time.monotonic() < deadline:
+        for tp, records in consumer.poll(timeout_ms=200).items():
+            wanted = offsets[tp.partition]
+            for record in records:
+                if record.offset >= wanted:
+                    settled.add(tp.partition)
+                    if record.offset == wanted:
+                        found[tp.partition] = record
+                    consumer.pause(tp)
+                    break
+    return found
+
+
+def topic_holds(bootstrap: str, cluster_topic: str, recorded: dict[int, int]) -> bool:
+    """True when every partition still holds the last offset recorded there (by whoever wrote
+    it): False means the broker lost data and the writer must publish again."""
+    if not recorded:
+        return True
+    consumer = probe(bootstrap)
+    try:
+        partitions = [TopicPartition(cluster_topic, p) for p in recorded]
+        ends = consumer.end_offsets(partitions)
+        # the local broker can report its end short by one batch: look for the records themselves
+        doubtful = {
+            tp.partition: recorded[tp.partition]
+            for tp in partitions
+            if ends.get(tp, 0) <= recorded[tp.partition]
+        }
+        found = read_each(consumer, cluster_topic, doubtful)
+        missing = sorted(set(doubtful) - set(found))
+        if missing:
+            log.warning("topic_short", topic=cluster_topic, partitions=missing)
+        return not missing
+    finally:
+        consumer.close()

@@ -14,10 +14,8 @@ everything again from the store when the topic is missing or shorter.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 
-from kafka import TopicPartition
 from kafka.errors import KafkaError
 from sqlalchemy import delete, select, update
 
@@ -82,21 +80,7 @@ class Relay:
             return not recorded
         if not recorded:
             return True
-        consumer = kafka.consumer(self.bootstrap, group_id=None)
-        try:
-            partitions = [TopicPartition(self.topic, p) for p in recorded]
-            ends = consumer.end_offsets(partitions)
-            for tp in partitions:
-                last = recorded[tp.partition]
-                if ends.get(tp, 0) > last:
-                    continue
-                # The local broker can report its end short by one batch: look for the record.
-                if not _holds_offset(consumer, tp, last):
-                    log.warning("relay_topic_short", partition=tp.partition, expected_offset=last)
-                    return False
-            return True
-        finally:
-            consumer.close()
+        return kafka.topic_holds(self.bootstrap, self.topic, recorded)
 
     def recover(self) -> bool:
         """Republish from the store when the topic lost data; True when it did."""
@@ -167,14 +151,3 @@ class Relay:
                 self.close()
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
-
-
-def _holds_offset(consumer, tp: TopicPartition, offset: int, timeout: float = 3.0) -> bool:  # noqa: ANN001
-    consumer.assign([tp])
-    consumer.seek(tp, offset)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for records in consumer.poll(timeout_ms=200).values():
-            if any(r.offset >= offset for r in records):
-                return True
-    return False
