@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -107,3 +108,37 @@ def read_topic(bootstrap: str, topic: str, at_least: int, timeout: float = 30.0)
         return records
     finally:
         consumer.close()
+
+
+def start_rod_up(env: dict[str, str], data_dir: Path) -> tuple[subprocess.Popen[str], str]:
+    """`rod up` as a user starts it (its own local broker, a free HTTP port); returns the
+    process and the broker address once it is written to the data dir."""
+    import time
+
+    from services.kernel.broker import free_port
+
+    rod = Path(sys.executable).with_name("rod")
+    proc = subprocess.Popen(
+        [str(rod), "up", "--data-dir", str(data_dir), "--port", str(free_port())],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    bootstrap_file = data_dir / "kafka.bootstrap"
+    while not bootstrap_file.exists():
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert time.monotonic() < deadline, "rod up did not start the broker"
+        time.sleep(0.1)
+    return proc, bootstrap_file.read_text().strip()
+
+
+def stop_rod_up(proc: subprocess.Popen[str]) -> str:
+    """Ctrl-C, as a user stops it: it must end cleanly; returns what it printed."""
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=90)
+    LOG_SINK.write(out + err)
+    assert proc.returncode == 0, err[-2000:]
+    assert "stopped" in out
+    return out

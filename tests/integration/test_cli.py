@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import signal
 import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import sqlalchemy
 
-from services.kernel.broker import free_port
 from services.kernel.codec import Codec
 from services.kernel.settings import Settings
 from services.registrar.relay import RESULTS_TOPIC
 from tests.fixtures.bulkfiles import write_csv
-from tests.support import LOG_SINK, read_topic, run_rod, settings_env
+from tests.support import read_topic, run_rod, settings_env, start_rod_up, stop_rod_up
 
 CATALOGUE = Path(__file__).resolve().parents[1] / "fixtures" / "catalogue.csv"
 
@@ -88,32 +83,6 @@ def test_one_changed_payload_byte_breaks_verify_at_that_position(settings: Setti
     assert "BROKEN at position 2" in verdict.stdout
 
 
-def _start_up(env: dict[str, str], data_dir: Path) -> tuple[subprocess.Popen[str], str]:
-    rod = Path(sys.executable).with_name("rod")
-    proc = subprocess.Popen(
-        [str(rod), "up", "--data-dir", str(data_dir), "--port", str(free_port())],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 60
-    bootstrap_file = data_dir / "kafka.bootstrap"
-    while not bootstrap_file.exists():
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        assert time.monotonic() < deadline, "rod up did not start the broker"
-        time.sleep(0.1)
-    return proc, bootstrap_file.read_text().strip()
-
-
-def _stop_up(proc: subprocess.Popen[str]) -> None:
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    LOG_SINK.write(out + err)
-    assert proc.returncode == 0, err[-2000:]
-    assert "stopped" in out
-
-
 def test_rod_up_restarted_publishes_every_stored_event_again(settings: Settings, tmp_path: Path) -> None:
     env = cli_env(settings)
     env.pop("ROD_KAFKA_BOOTSTRAP")  # `rod up` starts the local broker itself
@@ -125,19 +94,19 @@ def test_rod_up_restarted_publishes_every_stored_event_again(settings: Settings,
     write_csv(file, [{**ROW, "diplomavolgnummer": f"UP-{i}"} for i in range(5)])
     run_rod("import", str(file), "--institution", "25BE", env=env, check=True)
 
-    proc, bootstrap = _start_up(env, data_dir)
+    proc, bootstrap = start_rod_up(env, data_dir)
     try:
         assert len(read_topic(bootstrap, settings.topic(RESULTS_TOPIC), 5)) >= 5
     finally:
-        _stop_up(proc)
+        stop_rod_up(proc)
     assert not (data_dir / "kafka.bootstrap").exists()
 
-    proc, bootstrap = _start_up(env, data_dir)
+    proc, bootstrap = start_rod_up(env, data_dir)
     try:
         events = [Codec().decode(r.value)[1] for r in read_topic(bootstrap, settings.topic(RESULTS_TOPIC), 5)]
         assert sorted(e["position"] for e in events) == [1, 2, 3, 4, 5]
     finally:
-        _stop_up(proc)
+        stop_rod_up(proc)
 
 
 def test_rod_up_refuses_a_taken_port_and_says_which(settings: Settings) -> None:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,37 +10,11 @@ from sqlalchemy import select
 
 from services.distributor import ledger as tables
 from services.distributor.ledger import Ledger
-from services.kernel.broker import free_port
 from services.kernel.codec import Codec
 from services.kernel.settings import Settings
 from tests.fixtures.bulkfiles import write_csv
 from tests.integration.distributor_support import CATALOGUE, FEEDS
-from tests.support import LOG_SINK, read_topic, run_rod, settings_env
-
-ROD = Path(sys.executable).with_name("rod")
-
-
-def _up(env: dict[str, str], data_dir: Path) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [str(ROD), "up", "--data-dir", str(data_dir), "--port", str(free_port())],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 60
-    bootstrap_file = data_dir / "kafka.bootstrap"
-    while not bootstrap_file.exists():
-        assert proc.poll() is None and time.monotonic() < deadline, "rod up did not start the broker"
-        time.sleep(0.1)
-    return proc, bootstrap_file.read_text().strip()
-
-
-def _down(proc: subprocess.Popen[str]) -> None:
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=90)
-    LOG_SINK.write(out + err)
-    assert proc.returncode == 0, err[-2000:]
+from tests.support import read_topic, run_rod, settings_env, start_rod_up, stop_rod_up
 
 
 def _feeds(
@@ -102,19 +73,19 @@ def test_rod_up_restarted_holds_every_delivery_again_without_new_decisions(
     # 6 registrations: cibg-big gets the 3 BIG ones, mijnoverheid and extract all 6
     sizes = {"cibg-big": 3, "mijnoverheid": 6, "extract": 6}
 
-    proc, bootstrap = _up(env, data_dir)
+    proc, bootstrap = start_rod_up(env, data_dir)
     try:
         before = _feeds(bootstrap, settings, sizes)
         assert {name: len(ids) for name, ids in before.items()} == sizes
     finally:
-        _down(proc)
+        stop_rod_up(proc)
     decisions = _ledger_rows(settings.database_urls["distributor"])
     assert len(decisions) == 18
 
-    proc, bootstrap = _up(env, data_dir)
+    proc, bootstrap = start_rod_up(env, data_dir)
     try:
         after = _feeds(bootstrap, settings, sizes)
     finally:
-        _down(proc)
+        stop_rod_up(proc)
     assert after == before
     assert _ledger_rows(settings.database_urls["distributor"]) == decisions
