@@ -86,22 +86,30 @@ def applies(sub: Subscription, started_at: datetime | None, event: dict[str, Any
     return started_at is None or sub.start != "now" or event["recorded_at"] >= started_at
 
 
+def _address(
+    decision: Decision, sub: Subscription, event: dict[str, Any], kind: str,
+    withdraws: str | None, fields: dict[str, Any],
+) -> None:
+    """Make `decision` a feed message of `kind`: the envelope (interfaces.md) plus `fields`."""
+    decision.kind = kind
+    decision.delivery_id = delivery_id(sub.name, event["event_id"], kind)
+    decision.message = {
+        "delivery_id": decision.delivery_id,
+        "kind": kind,
+        "event_id": event["event_id"],
+        "result_id": event["result_id"],
+        "withdraws": withdraws,
+        **fields,
+    }
+
+
 def decide_registered(sub: Subscription, event: dict[str, Any], paused: bool) -> Decision:
     """Skip (filtered), hold (window or paused) or deliver a registration."""
     base = Decision(sub.name, event["event_id"], event["result_id"], event["institution"], SKIPPED)
     if not sub.matches(event):
         base.reason = FILTERED
         return base
-    base.kind = "DELIVERY"
-    base.delivery_id = delivery_id(sub.name, event["event_id"], "DELIVERY")
-    base.message = {
-        "delivery_id": base.delivery_id,
-        "kind": "DELIVERY",
-        "event_id": event["event_id"],
-        "result_id": event["result_id"],
-        "withdraws": None,
-        **entitled(sub, event),
-    }
+    _address(base, sub, event, "DELIVERY", None, entitled(sub, event))
     if paused or sub.hold:
         base.state, base.reason = HELD, PAUSED if paused else HOLD_WINDOW
         base.due_at = event["recorded_at"] + sub.hold
@@ -119,16 +127,7 @@ def decide_deleted(sub: Subscription, event: dict[str, Any], prior: Prior | None
     if prior.state == HELD:
         base.reason, base.cancels = HOLD_CANCELLED, event["registered_event_id"]
         return base
-    base.kind = "WITHDRAWAL"
-    base.delivery_id = delivery_id(sub.name, event["event_id"], "WITHDRAWAL")
-    base.message = {
-        "delivery_id": base.delivery_id,
-        "kind": "WITHDRAWAL",
-        "event_id": event["event_id"],
-        "result_id": event["result_id"],
-        "withdraws": prior.delivery_id,
-        **{name: None for name in sub.message_fields},
-    }
+    _address(base, sub, event, "WITHDRAWAL", prior.delivery_id, dict.fromkeys(sub.message_fields))
     if paused:
         base.state, base.reason, base.due_at = HELD, PAUSED, event["recorded_at"]
     else:
