@@ -15,6 +15,9 @@ from services.kernel import kafka
 from services.kernel import logging as rod_logging
 from services.kernel.broker import DEFAULT_PORT, LocalBroker, free_port
 from services.kernel.settings import Settings
+from services.operations import cli as operations_cli
+from services.operations.actions import ActionLog
+from services.operations.store import OperationsStore
 from services.registrar import cli as registrar_cli
 from services.registrar import serve as registrar_serve
 from services.registrar.relay import Relay
@@ -64,6 +67,8 @@ def up(ctx: click.Context, port: int, data_dir: str | None) -> None:
         click.echo(f"local broker on {bootstrap} (memory storage; written to {settings.bootstrap_file})")
     try:
         kafka.ensure_topics(settings, bootstrap)
+        operations = OperationsStore(settings.database_urls["operations"])
+        ActionLog(operations, settings, bootstrap).publish_pending()  # actions taken while it was down
         relay = Relay(EventStore(settings.database_urls["registrar"]), settings, bootstrap)
         distributor = Distributor(settings, bootstrap)
         audit = AuditService(settings, bootstrap)
@@ -97,5 +102,7 @@ def up(ctx: click.Context, port: int, data_dir: str | None) -> None:
     click.echo("stopped")
 
 
-for command in registrar_cli.COMMANDS + distributor_cli.COMMANDS + audit_cli.COMMANDS:
+for command in (
+    registrar_cli.COMMANDS + distributor_cli.COMMANDS + audit_cli.COMMANDS + operations_cli.COMMANDS
+):
     main.add_command(command)

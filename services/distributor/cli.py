@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import json
 import sys
 import threading
@@ -21,6 +20,7 @@ from services.kernel.broker import BrokerUnavailable, resolve_bootstrap
 from services.kernel.codec import Codec, DecodeError
 from services.kernel.logging import mask_digits
 from services.kernel.settings import Settings
+from services.operations.cli import as_option, record_cli_action
 
 PERSON_FIELDS = ("person_number", "bsn")
 
@@ -47,13 +47,6 @@ def _ledger(settings: Settings, subs: dict[str, Subscription]) -> Ledger:
     ledger = Ledger(settings.database_urls["distributor"])
     ledger.sync_subscriptions([(s.name, s.start) for s in subs.values()])
     return ledger
-
-
-def _actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except Exception:  # noqa: BLE001 - no user name in some containers
-        return "cli"
 
 
 @click.command("distribute")
@@ -140,32 +133,38 @@ def subscription_list(ctx: click.Context, as_json: bool) -> None:
         )
 
 
-def _change(ctx: click.Context, name: str, action: str, reason: str | None, **values: Any) -> Ledger:
+def _change(
+    ctx: click.Context, name: str, action: str, reason: str | None, as_name: str | None, **values: Any
+) -> Ledger:
+    """Change a subscription and record the operator's action on rod.operations.v1."""
     subs = _subscriptions()
     if name not in subs:
         raise click.ClickException(f"no subscription {name!r}; known: {', '.join(subs)}")
     ledger = _ledger(_settings(ctx), subs)
-    ledger.set_subscription(name, action, reason, _actor(), **values)
+    ledger.set_subscription(name, **values)
+    record_cli_action(_settings(ctx), as_name, f"subscription-{action}", name, reason)
     return ledger
 
 
 @subscription.command("pause")
 @click.argument("name")
 @click.option("--reason", default=None, help="Why (kept with the action).")
+@as_option
 @click.pass_context
-def subscription_pause(ctx: click.Context, name: str, reason: str | None) -> None:
+def subscription_pause(ctx: click.Context, name: str, reason: str | None, as_name: str | None) -> None:
     """Stop a feed without losing its place: decisions go on, deliveries are held until resumed."""
-    _change(ctx, name, "pause", reason, paused=True)
+    _change(ctx, name, "pause", reason, as_name, paused=True)
     click.echo(f"subscription {name} paused")
 
 
 @subscription.command("resume")
 @click.argument("name")
 @click.option("--reason", default=None, help="Why (kept with the action).")
+@as_option
 @click.pass_context
-def subscription_resume(ctx: click.Context, name: str, reason: str | None) -> None:
+def subscription_resume(ctx: click.Context, name: str, reason: str | None, as_name: str | None) -> None:
     """Resume a paused feed: what was held meanwhile is delivered (a deletion meanwhile: never)."""
-    _change(ctx, name, "resume", reason, paused=False)
+    _change(ctx, name, "resume", reason, as_name, paused=False)
     click.echo(f"subscription {name} resumed")
 
 
@@ -174,9 +173,10 @@ def subscription_resume(ctx: click.Context, name: str, reason: str | None) -> No
 @click.option("--reason", default=None, help="Why (kept with the action).")
 @click.option("--no-wait", is_flag=True, help="Only ask for it; the running distributor does the replay.")
 @click.option("--timeout", type=float, default=600.0, show_default=True, help="Give up waiting after this.")
+@as_option
 @click.pass_context
 def subscription_replay(
-    ctx: click.Context, name: str, reason: str | None, no_wait: bool, timeout: float
+    ctx: click.Context, name: str, reason: str | None, no_wait: bool, timeout: float, as_name: str | None
 ) -> None:
     """Send a feed again from the start of the log; its decisions stay as they are, other feeds untouched."""
     settings = _settings(ctx)
@@ -187,7 +187,9 @@ def subscription_replay(
         if state.paused:
             raise click.ClickException(f"subscription {name} is paused: resume it first")
     bootstrap = _bootstrap(settings)
-    _change(ctx, name, "replay", reason, mode="backfilling", backfill_owner=None, backfill_heartbeat=None)
+    _change(
+        ctx, name, "replay", reason, as_name, mode="backfilling", backfill_owner=None, backfill_heartbeat=None
+    )
     if no_wait:
         click.echo(f"subscription {name}: replay requested")
         return

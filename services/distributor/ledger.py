@@ -37,7 +37,6 @@ from sqlalchemy import (
     and_,
     case,
     func,
-    insert,
     literal_column,
     or_,
     select,
@@ -139,17 +138,6 @@ deadletters = Table(
     Column("status", String(10), nullable=False),  # open | replayed | discarded
     Column("published", Boolean, nullable=False),
     UniqueConstraint("topic", "partition", "offset", name="uq_distributor_deadletters_origin"),
-)
-
-operations = Table(
-    "distributor_operations",
-    metadata,
-    Column("id", ROW_ID, primary_key=True, autoincrement=True),
-    Column("at", DateTime(timezone=True), nullable=False),
-    Column("subscription", String(64), nullable=False),
-    Column("action", String(20), nullable=False),
-    Column("reason", Text),
-    Column("actor", String(80), nullable=False),
 )
 
 
@@ -285,18 +273,14 @@ class Ledger:
             for r in conn.execute(query)
         }
 
-    def set_subscription(self, name: str, action: str, reason: str | None, actor: str, **values: Any) -> None:
-        """Change a subscription (pause, resume, replay) and record the operator action."""
+    def set_subscription(self, name: str, **values: Any) -> None:
+        """Change a subscription (pause, resume, replay); the operator's action is recorded by the caller."""
         with self.writing() as conn:
-            moment = now()
             conn.execute(
-                update(subscriptions).where(subscriptions.c.name == name).values(updated_at=moment, **values)
+                update(subscriptions).where(subscriptions.c.name == name).values(updated_at=now(), **values)
             )
-            conn.execute(
-                insert(operations).values(
-                    at=moment, subscription=name, action=action, reason=reason, actor=actor
-                )
-            )
+            if values.get("mode") == "backfilling":
+                conn.execute(cursors.delete().where(cursors.c.reader == backfill_reader(name)))
             if values.get("mode") == "backfilling":
                 conn.execute(cursors.delete().where(cursors.c.reader == backfill_reader(name)))
 

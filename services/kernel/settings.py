@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-SERVICES = ("registrar", "distributor", "audit")
+SERVICES = ("registrar", "distributor", "audit", "operations")  # operations: operator tooling
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import insert, select
 
 from services.kernel.logging import get_logger
+from services.kernel.tokens import hash_token, new_token
 from services.registrar import bulk, store
 from services.registrar.catalogue import Catalogue
 from services.registrar.codes import Problem, problem
@@ -144,7 +145,7 @@ class Registrar:
 
     def add_institution(self, code: str, name: str, sectors: Iterable[str], funded: bool = True) -> str:
         """Store an institution and return a new bearer token for it (only its hash is kept)."""
-        token = secrets.token_urlsafe(32)
+        token = new_token()
         now = now_millis()
         with self.store.engine.begin() as conn:
             conn.execute(
@@ -422,11 +423,6 @@ class Registrar:
         )
         stored = tx.append("ResultDeleted", record, new_state)
         return Outcome("accepted", state.result_id, event_id, stored.position, version)
-
-
-def hash_token(token: str) -> str:
-    """Tokens are stored only as their SHA-256 (they are long random strings, not passwords)."""
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _text(value: object) -> str | None:

@@ -22,8 +22,8 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from services.kernel.logging import get_logger
+from services.kernel.tokens import hash_token
 from services.registrar.codes import Problem, problem
-from services.registrar.commands import hash_token
 from services.registrar.metrics import REQUEST_SECONDS, method_label
 from services.registrar.store import tokens
 

@@ -1,0 +1,58 @@
+"""Operators: named, each with a bearer token of their own (only its hash is stored).
+
+Operator tokens live apart from institution tokens: an institution token is never an
+operator's, and an operator token is unknown to the registrar's `/v1/` gate.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hmac
+import re
+
+from sqlalchemy import insert, select
+
+from services.kernel.tokens import hash_token, new_token
+from services.operations.actions import now
+from services.operations.store import OperationsStore, operators
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,79}$")
+
+
+class OperatorError(ValueError):
+    """An operator name that is malformed or already taken."""
+
+
+def os_user() -> str:
+    """Who runs the CLI, for the record (the CLI acts with the authority of whoever reaches the databases)."""
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name in some containers
+        return "unknown"
+
+
+def add_operator(store: OperationsStore, name: str, created_by: str) -> str:
+    """Create operator `name`; returns the new token (shown once, never stored)."""
+    if not NAME.match(name):
+        raise OperatorError("an operator name is 1-80 letters, digits, '.', '_', '@' or '-'")
+    token = new_token()
+    with store.writing() as conn:
+        if conn.execute(select(operators.c.name).where(operators.c.name == name)).first():
+            raise OperatorError(f"operator {name} exists already")
+        conn.execute(
+            insert(operators).values(name=name, token_hash=hash_token(token), created_at=now(),
+                                     created_by=created_by)
+        )
+    return token
+
+
+def operator_for(store: OperationsStore, token: str | None) -> str | None:
+    """The operator holding `token`, or None."""
+    if not token or len(token) > 256:
+        return None
+    digest = hash_token(token)
+    with store.reading() as conn:
+        row = conn.execute(select(operators).where(operators.c.token_hash == digest)).first()
+    if row is None or not hmac.compare_digest(row.token_hash, digest):
+        return None
+    return row.name

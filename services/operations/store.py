@@ -1,0 +1,71 @@
+"""The operations tables: operators, the action outbox, and the window of consumer-group samples."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.engine import Connection
+
+from services.kernel.database import make_engine, writing
+
+metadata = MetaData()
+ROW_ID = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER keys only
+
+operators = Table(
+    "operations_operators",
+    metadata,
+    Column("name", String(80), primary_key=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_by", String(80), nullable=False),
+)
+
+# every operator action; `published` turns true once it is on rod.operations.v1 (an outbox)
+actions = Table(
+    "operations_actions",
+    metadata,
+    Column("id", ROW_ID, primary_key=True, autoincrement=True),
+    Column("action_id", String(36), nullable=False, unique=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("operator", String(80), nullable=False),
+    Column("via", String(10), nullable=False),
+    Column("action", String(40), nullable=False),
+    Column("target", String(120), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("outcome", Text, nullable=False),
+    Column("published", Boolean, nullable=False),
+)
+
+
+class OperationsStore:
+    """The operations database."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = make_engine(url)
+        metadata.create_all(self.engine)
+
+    @contextmanager
+    def writing(self) -> Iterator[Connection]:
+        with writing(self.engine) as conn:
+            yield conn
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            yield conn
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
