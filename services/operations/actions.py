@@ -71,7 +71,7 @@ class ActionLog:
             try:
                 kafka.ensure_topics(self.settings, self.bootstrap, [TOPIC])
                 topic = self.settings.topic(TOPIC)
-                futures = [producer.send(topic, row.target.encode(), self._encode(row)) for row in rows]
+                futures = [producer.send(topic, self._encode(row), row.target.encode()) for row in rows]
                 producer.flush(timeout=10)
                 for future in futures:
                     future.get(timeout=10)
