@@ -20,7 +20,8 @@ from kafka.partitioner.default import murmur2
 
 from services.kernel import kafka
 from services.kernel.codec import Codec
-from services.kernel.logging import get_logger, mask_digits
+from services.kernel.deadletters import DeadLetter
+from services.kernel.logging import get_logger
 from services.kernel.settings import Settings
 
 log = get_logger("distributor")
@@ -45,55 +46,6 @@ class Outgoing:
     payload: bytes
     delivered_at: datetime
     receipt: bool = True
-
-
-@dataclass
-class DeadLetter:
-    """A record of rod.results.v1 the distributor could not decode or act on."""
-
-    topic: str  # base name
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    error_class: str
-    error_code: str
-    error_message: str
-    attempt: int = 1
-
-    def headers(self, cluster_topic: str) -> list[tuple[str, bytes]]:
-        """Kafka Connect's dead-letter header names, plus rod.service and rod.attempt."""
-        return [
-            ("__connect.errors.topic", cluster_topic.encode()),
-            ("__connect.errors.partition", str(self.partition).encode()),
-            ("__connect.errors.offset", str(self.offset).encode()),
-            ("__connect.errors.exception.class.name", self.error_class.encode()),
-            ("__connect.errors.exception.message", f"{self.error_code}: {self.error_message}".encode()),
-            ("rod.service", SERVICE.encode()),
-            ("rod.attempt", str(self.attempt).encode()),
-        ]
-
-
-def dead_letter(topic: str, record: Any, exc: BaseException) -> DeadLetter:
-    """A dead letter for `record`; the reason is a code and a message free of personal data."""
-    code = getattr(exc, "code", None)
-    message = str(exc)
-    if code is None:
-        head, sep, _rest = message.partition(":")
-        code = head if sep and head.isupper() and " " not in head else "PROCESSING_FAILED"
-    if code == "PROCESSING_FAILED":
-        message = f"{type(exc).__name__}: {message}"
-    cls = f"{type(exc).__module__}.{type(exc).__qualname__}"
-    return DeadLetter(
-        topic,
-        record.partition,
-        record.offset,
-        record.key,
-        record.value,
-        cls,
-        code,
-        mask_digits(message)[:500],
-    )
 
 
 def digest(value: bytes | None) -> str:
@@ -164,7 +116,7 @@ class Publisher:
             DEADLETTER_TOPIC,
             letter.key,
             letter.value or b"",
-            headers=letter.headers(self.settings.topic(letter.topic)),
+            headers=letter.headers(self.settings.topic(letter.topic), SERVICE),
         )
 
     def flush(self) -> dict[tuple[str, int], int]:

@@ -32,7 +32,6 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
-    Text,
     UniqueConstraint,
     and_,
     case,
@@ -48,6 +47,7 @@ from sqlalchemy.engine import Connection
 
 from services.distributor.decide import HELD, PENDING, PUBLISHED
 from services.kernel.database import make_engine, writing
+from services.kernel.deadletters import DeadLetterBook, add_missing_columns, deadletter_table
 
 metadata = MetaData()
 ROW_ID = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER keys only
@@ -121,24 +121,8 @@ republish = Table(
     Column("requested_at", DateTime(timezone=True), nullable=False),
 )
 
-deadletters = Table(
-    "distributor_deadletters",
-    metadata,
-    Column("id", ROW_ID, primary_key=True, autoincrement=True),
-    Column("at", DateTime(timezone=True), nullable=False),
-    Column("topic", String(120), nullable=False),
-    Column("partition", Integer, nullable=False),
-    Column("offset", BigInteger, nullable=False),
-    Column("key", LargeBinary),
-    Column("value", LargeBinary),
-    Column("error_class", String(120), nullable=False),
-    Column("error_code", String(40), nullable=False),
-    Column("error_message", Text, nullable=False),  # free of personal data
-    Column("attempt", Integer, nullable=False),
-    Column("status", String(10), nullable=False),  # open | replayed | discarded
-    Column("published", Boolean, nullable=False),
-    UniqueConstraint("topic", "partition", "offset", name="uq_distributor_deadletters_origin"),
-)
+# the same columns as every service's dead letters (services/kernel/deadletters.py)
+deadletters = deadletter_table(metadata, "distributor_deadletters")
 
 
 def now() -> datetime:
@@ -217,7 +201,9 @@ class Ledger:
         self.url = url
         self.engine = make_engine(url)
         metadata.create_all(self.engine)
+        add_missing_columns(self.engine, deadletters)  # a ledger made before letters could be closed
         self.dialect = self.engine.dialect.name
+        self.deadletters = DeadLetterBook(self.engine, deadletters, "distributor")
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -574,30 +560,19 @@ class Ledger:
     # dead letters
 
     def unpublished_deadletters(self) -> list[Any]:
-        with self.reading() as conn:
-            return list(
-                conn.execute(
-                    select(deadletters).where(deadletters.c.published.is_(False)).order_by(deadletters.c.id)
-                )
-            )
+        return self.deadletters.unpublished()
 
     def mark_deadletters_published(self, conn: Connection, origins: Sequence[tuple[str, int, int]]) -> None:
+        t = deadletters
         for topic, partition, offset in origins:
             conn.execute(
-                update(deadletters)
-                .where(
-                    and_(
-                        deadletters.c.topic == topic,
-                        deadletters.c.partition == partition,
-                        deadletters.c.offset == offset,
-                    )
-                )
+                update(t)
+                .where(and_(t.c.topic == topic, t.c.partition == partition, t.c.offset == offset))
                 .values(published=True)
             )
 
     def deadletter_list(self) -> list[Any]:
-        with self.reading() as conn:
-            return list(conn.execute(select(deadletters).order_by(deadletters.c.id)))
+        return self.deadletters.list()
 
 
 def backfill_reader(subscription: str) -> str:

@@ -39,17 +39,16 @@ from services.distributor.feeds import (
     DEADLETTER_TOPIC,
     DELIVERIES_TOPIC,
     RESULTS_TOPIC,
-    DeadLetter,
     Outgoing,
     Publisher,
-    dead_letter,
     digest,
     ensure_topic,
 )
-from services.distributor.ledger import Ledger, Row, backfill_reader, deadletters, now
+from services.distributor.ledger import Ledger, Row, backfill_reader, now
 from services.distributor.subscriptions import Subscription, load
 from services.kernel import kafka
 from services.kernel.codec import Codec
+from services.kernel.deadletters import DeadLetter, dead_letter, from_row, is_transient
 from services.kernel.logging import get_logger
 from services.kernel.settings import Settings
 
@@ -212,9 +211,8 @@ class Distributor:
     def _republish(self, name: str) -> None:
         assert self.publisher is not None
         if name == DEADLETTER_TOPIC:
-            letters = self.ledger.deadletter_list()
-            for letter in letters:
-                self.publisher.send_dead_letter(_letter(letter))
+            for letter in self.ledger.deadletter_list():
+                self.publisher.send_dead_letter(from_row(letter))
             self._record(self.publisher.flush())
             return
         subs = [s for s in self.subscriptions.values() if s.topic == name]
@@ -248,7 +246,7 @@ class Distributor:
         return len(rows)
 
     def publish_dead_letters(self) -> None:
-        letters = [_letter(x) for x in self.ledger.unpublished_deadletters()]
+        letters = self.ledger.unpublished_deadletters()
         if letters:
             self._send([], letters)
 
@@ -365,12 +363,7 @@ class Distributor:
             subs = self._deciding(reader, states)
             outgoing, rows, letters = self._decide(conn, reader, subs, states, items, letters)
             self.ledger.insert(conn, rows)
-            for letter in letters:
-                conn.execute(
-                    self.ledger.insert_if_absent(deadletters).values(
-                        at=now(), status="open", published=False, **vars(letter)
-                    )
-                )
+            self.ledger.deadletters.record(conn, letters)  # with the cursor: one transaction
             for p, (next_offset, last) in ends.items():
                 if not self.ledger.advance(conn, reader.name, p, reader.cursor.get(p, -1), next_offset, last):
                     raise CursorMoved(f"{reader.name} partition {p}")
@@ -430,6 +423,8 @@ class Distributor:
                     conn, item, subs, states, existing, priors, made, reader, outgoing
                 )
             except Exception as exc:  # noqa: BLE001 - one event that cannot be decided must not stop the feed
+                if is_transient(exc):  # the database went away mid-batch: retry the batch, no letter
+                    raise
                 letters.append(dead_letter(RESULTS_TOPIC, item.record, exc))
                 continue
             for key, decision in decided:
@@ -692,16 +687,3 @@ class _Listener(ConsumerRebalanceListener):
         if self.distributor.main and assigned:
             self.distributor.take(self.distributor.main, sorted(tp.partition for tp in assigned))
 
-
-def _letter(row: Any) -> DeadLetter:
-    return DeadLetter(
-        row.topic,
-        row.partition,
-        row.offset,
-        row.key and bytes(row.key),
-        row.value and bytes(row.value),
-        row.error_class,
-        row.error_code,
-        row.error_message,
-        row.attempt,
-    )
