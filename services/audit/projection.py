@@ -39,6 +39,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from services.audit.chain_check import Break, ChainCheck, Link
 from services.kernel.database import make_engine, writing
+from services.kernel.deadletters import DeadLetter, DeadLetterBook, add_missing_columns, deadletter_table
 from services.kernel.logging import get_logger
 
 log = get_logger("audit.projection")
@@ -152,6 +153,9 @@ reports = Table(
     Column("generated_at", BigInteger, nullable=False),
 )
 
+# what the reader could not decode or act on (kernel/deadletters.py: the same columns everywhere)
+deadletters = deadletter_table(metadata, "audit_deadletters")
+
 
 # Rows travel as tuples in these column orders, straight to the driver's executemany: SQLAlchemy's
 # per-row parameter handling cost more than the inserts themselves (bench/report.py).
@@ -173,6 +177,7 @@ class Batch:
     deliveries: list[tuple[Any, ...]] = field(default_factory=list)  # DELIVERY_COLUMNS
     extracts: list[tuple[Any, ...]] = field(default_factory=list)  # EXTRACT_COLUMNS
     ends: dict[tuple[str, int], tuple[int, bytes]] = field(default_factory=dict)  # next offset, digest
+    letters: list[DeadLetter] = field(default_factory=list)  # recorded with the offsets they move past
 
     def __len__(self) -> int:
         return len(self.events) + len(self.deliveries) + len(self.extracts)
@@ -183,6 +188,7 @@ class Batch:
         self.deliveries += later.deliveries
         self.extracts += later.extracts
         self.ends.update(later.ends)
+        self.letters += later.letters
 
 
 @dataclass(frozen=True)
@@ -204,6 +210,8 @@ class Projection:
             metadata.create_all(self.engine)
         except (IntegrityError, OperationalError):  # another process created them at the same moment
             metadata.create_all(self.engine)
+        add_missing_columns(self.engine, deadletters)
+        self.deadletters = DeadLetterBook(self.engine, deadletters, "audit")
         self.check = self._load_check()
 
     def dispose(self) -> None:
@@ -248,6 +256,7 @@ class Projection:
                 for b in found:
                     conn.execute(self.insert_if_absent(alerts).values(
                         position=b.position, code=b.code, detail=b.detail, raised_at=now_ms))
+                self.deadletters.record(conn, batch.letters)
                 self._store_offsets(conn, batch.ends)
         except Exception:
             self.check = self._load_check()  # the transaction is gone: so is what it verified

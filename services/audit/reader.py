@@ -6,6 +6,15 @@ projection's stored offsets are the truth: on taking a partition the reader star
 after checking that the message before it is still the one it read (the embedded broker
 loses its data on restart, and the relay then writes the log anew); if not, it reads that
 partition from the start again, which changes nothing it already holds.
+
+What cannot be decoded or acted on becomes a dead letter (audit_deadletters, recorded in the
+same transaction as the offsets that move past it) and is published on rod.deadletter.v1
+once stored. A poison record on rod.results.v1 therefore never blocks the reader. It cannot
+block the chain check either: an undecodable record has no position, so the check simply
+goes on from the events it has. If the record was a real event (say, written with a schema
+this service does not know yet), its position is missing and the check reports a gap there
+and stops verifying, which is right: the chain IS incomplete here until an operator replays
+the letter after the fix, and the replay fills the gap (rows are inserted if absent).
 """
 
 from __future__ import annotations
@@ -26,6 +35,8 @@ from services.audit.periods import to_millis
 from services.audit.projection import Batch, Projection
 from services.kernel import kafka
 from services.kernel.codec import Codec, DecodeError
+from services.kernel.deadletters import TOPIC as DEADLETTER_TOPIC
+from services.kernel.deadletters import dead_letter, is_transient, send
 from services.kernel.logging import get_logger
 from services.kernel.settings import Settings
 
@@ -52,8 +63,11 @@ def now_ms() -> int:
     return to_millis(datetime.now(UTC))
 
 
+SERVICE = "audit"
+
+
 class Decoder:
-    """Consumer records → a Batch of rows; what cannot be read is logged (origin only) and left out."""
+    """Consumer records → a Batch of rows; what cannot be read becomes a dead letter of the batch."""
 
     def __init__(self, settings: Settings) -> None:
         self.codec = Codec()
@@ -67,16 +81,24 @@ class Decoder:
             topic = self.base[rec.topic]
             last[(topic, rec.partition)] = rec
             try:
-                name, record = self.codec.decode(rec.value or b"")
-                if name not in EXPECTED[topic]:
-                    raise DecodeError("RECORD_UNEXPECTED", name)
-                self._add(batch, name, record, rec.value)
-            except (DecodeError, KeyError, TypeError, ValueError) as exc:
+                self.add(batch, topic, rec.value)
+            except Exception as exc:  # noqa: BLE001 - what cannot be read or acted on is a dead letter
+                if is_transient(exc):
+                    raise
                 self.undecodable += 1
+                letter = dead_letter(topic, rec, exc)
+                batch.letters.append(letter)
                 log.warning("audit_message_unreadable", topic=topic, partition=rec.partition,
-                            offset=rec.offset, code=getattr(exc, "code", type(exc).__name__))
+                            offset=rec.offset, code=letter.error_code)
         batch.ends = {key: (rec.offset + 1, digest(rec.value)) for key, rec in last.items()}
         return batch
+
+    def add(self, batch: Batch, topic: str, value: bytes | None) -> None:
+        """Decode one message of `topic` into `batch`; raises what makes it a dead letter."""
+        name, record = self.codec.decode(value or b"")
+        if name not in EXPECTED[topic]:
+            raise DecodeError("RECORD_UNEXPECTED", name)
+        self._add(batch, name, record, value or b"")
 
     def _add(self, batch: Batch, name: str, r: dict[str, Any], data: bytes) -> None:
         if name == "DeliveryReceipt":
@@ -111,9 +133,32 @@ class AuditReader:
         self.decoder = Decoder(settings)
         self.topics = [settings.topic(t) for t in TOPICS]
         self.last_event_at = time.monotonic()  # when a poll last brought something
+        self.letters_waiting = True  # unpublished dead letters may be stored (a crash): look on start
 
     def ensure_topics(self) -> None:
-        kafka.ensure_topics(self.settings, self.bootstrap, list(TOPICS))
+        kafka.ensure_topics(self.settings, self.bootstrap, [*TOPICS, DEADLETTER_TOPIC])
+
+    def publish_dead_letters(self) -> int:
+        """Publish the stored letters not yet on rod.deadletter.v1, then mark them published."""
+        self.letters_waiting = False
+        book = self.projection.deadletters
+        letters = book.unpublished()
+        if not letters:
+            return 0
+        producer = kafka.producer(self.bootstrap, max_block_ms=10_000)
+        try:
+            futures = [send(producer, self.settings.topic(DEADLETTER_TOPIC), x,
+                            self.settings.topic(x.topic), SERVICE) for x in letters]
+            producer.flush(timeout=15)
+            for future in futures:
+                future.get(timeout=0)
+        except Exception:
+            self.letters_waiting = True  # the next step tries again
+            raise
+        finally:
+            producer.close(timeout=5)
+        book.mark_published(None, letters)
+        return len(letters)
 
     def step(self, consumer: KafkaConsumer, writer: _Writer, timeout_ms: int = 200) -> int:
         """One poll, decoded and handed to the writer; the number of messages it brought."""
@@ -121,7 +166,10 @@ class AuditReader:
         records = [r for tp in sorted(polled, key=lambda t: (t.topic, t.partition)) for r in polled[tp]]
         if not records:
             return 0
-        writer.submit(self.decoder.batch(records))
+        batch = self.decoder.batch(records)
+        writer.submit(batch)
+        if batch.letters:
+            self.letters_waiting = True  # published once the writer has stored them
         self.last_event_at = time.monotonic()
         return len(records)
 
@@ -142,6 +190,8 @@ class AuditReader:
                 if empty >= 2 and self._at_end(consumer, partitions):
                     break
             writer.drain()
+            if self.letters_waiting:
+                self.publish_dead_letters()
             return read
         finally:
             writer.close()
@@ -150,7 +200,7 @@ class AuditReader:
     def run(self, stop: threading.Event, on_idle: Callable[[float], None] | None = None,
             idle_every: float = 60.0) -> None:
         """Read as a member of the group until `stop`; `on_idle(seconds quiet)` when caught up."""
-        backoff, last_idle = 0.5, 0.0
+        backoff, last_idle, next_letters = 0.5, 0.0, 0.0
         while not stop.is_set():
             consumer, writer = None, _Writer(self.projection)
             try:
@@ -158,10 +208,16 @@ class AuditReader:
                 consumer = kafka.consumer(self.bootstrap, group_id=self.group_id, max_poll_records=self.batch)
                 consumer.subscribe(self.topics, listener=_SeekOnAssign(self, consumer, writer))
                 while not stop.is_set():
-                    if self.step(consumer, writer):
+                    got = self.step(consumer, writer)
+                    if got:
                         self._commit(consumer, writer.applied)
                         backoff = 0.5
-                    elif consumer.assignment() and on_idle and time.monotonic() - last_idle >= idle_every:
+                    if self.letters_waiting and time.monotonic() >= next_letters:
+                        writer.drain()  # the letters are stored (with their offsets) before they go out
+                        self.publish_dead_letters()
+                        next_letters = time.monotonic() + 1.0  # a stream of poison costs a drain a second
+                    elif (not got and consumer.assignment() and on_idle
+                          and time.monotonic() - last_idle >= idle_every):
                         writer.drain()  # the scheduler looks at everything read so far
                         self._commit(consumer, writer.applied)
                         last_idle = time.monotonic()
