@@ -8,9 +8,11 @@ nothing, and a WITHDRAWAL is one more row, so it never erases that a consumer ha
 Impact is about the version being deleted: receipts for the result's current registration
 event count; those of an earlier, already deleted version do not.
 
-Loop: poll → decode (an undecodable message is logged without its contents and skipped) →
-insert in one transaction → commit the offsets. A crash in between reads some receipts
-again, which changes nothing.
+Loop: poll → decode (what cannot be decoded becomes a dead letter in registrar_deadletters:
+origin, a code and a fixed message, never its contents) → insert receipts and letters in one
+transaction → commit the offsets → publish the letters on rod.deadletter.v1 and mark them.
+A crash in between reads some receipts again, which changes nothing (inserted if absent);
+letters left unpublished go out when the reader starts again.
 """
 
 from __future__ import annotations
@@ -27,18 +29,22 @@ from sqlalchemy.engine import Engine
 from services.kernel import kafka
 from services.kernel.codec import Codec, DecodeError
 from services.kernel.database import writing
+from services.kernel.deadletters import TOPIC as DEADLETTER_TOPIC
+from services.kernel.deadletters import DeadLetter, DeadLetterBook, add_missing_columns, dead_letter, send
 from services.kernel.logging import get_logger
 from services.kernel.settings import Settings
 from services.registrar.batches import create_tables
 from services.registrar.codes import problem
 from services.registrar.metrics import IMPACT_RECEIPTS
-from services.registrar.store import now_millis
+from services.registrar.store import deadletters, now_millis
 
 log = get_logger("registrar.impact")
 
 DELIVERIES_TOPIC = "rod.deliveries.v1"
 EXTRACTS_TOPIC = "rod.extracts.v1"
 GROUP_ID = "rod-registrar-impact"
+SERVICE = "registrar"
+EXPECTED = ("DeliveryReceipt", "ExtractIssued")
 
 metadata = MetaData()
 
@@ -95,9 +101,15 @@ class ImpactStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         create_tables(metadata, engine)
+        deadletters.create(engine, checkfirst=True)  # the event store makes it too; whoever is first
+        add_missing_columns(engine, deadletters)
+        self.deadletters = DeadLetterBook(engine, deadletters, SERVICE)
 
-    def record(self, receipts: Iterable[tuple[str, dict[str, Any]]]) -> int:
-        """Insert decoded receipts (name, record) that are not there yet, in one transaction."""
+    def record(
+        self, receipts: Iterable[tuple[str, dict[str, Any]]], letters: Iterable[DeadLetter] = ()
+    ) -> int:
+        """Insert decoded receipts (name, record) that are not there yet, and the dead letters of the
+        same poll, in one transaction."""
         deliveries, issued = [], []
         now = now_millis()
         for name, r in receipts:
@@ -118,6 +130,7 @@ class ImpactStore:
             ):
                 if rows:
                     conn.execute(self._insert_if_absent(table, key), rows)
+            self.deadletters.record(conn, letters)
         return len(deliveries) + len(issued)
 
     def _insert_if_absent(self, table: Table, key: str) -> Any:
@@ -149,28 +162,62 @@ class ImpactReader:
         self.store = impact_store
         self.bootstrap = bootstrap
         self.group_id = group_id
+        self.settings = settings
         self.topics = [settings.topic(DELIVERIES_TOPIC), settings.topic(EXTRACTS_TOPIC)]
+        self.base = {settings.topic(t): t for t in (DELIVERIES_TOPIC, EXTRACTS_TOPIC)}
         self.codec = Codec()
+        self.letters: list[DeadLetter] = []
 
     def decode(self, records: Iterable[Any]) -> list[tuple[str, dict[str, Any]]]:
-        """Decoded receipts; what cannot be decoded is logged (origin and code only) and left out."""
+        """Decoded receipts; what cannot be decoded is collected in `self.letters` and left out."""
         decoded = []
         for rec in records:
             try:
                 name, record = self.codec.decode(rec.value or b"")
+                if name not in EXPECTED:
+                    raise DecodeError("RECORD_UNEXPECTED", name)
             except DecodeError as exc:
+                letter = dead_letter(self.base.get(rec.topic, rec.topic), rec, exc)
+                self.letters.append(letter)
                 log.warning("impact_message_undecodable", topic=rec.topic, partition=rec.partition,
                             offset=rec.offset, code=exc.code)
-                IMPACT_RECEIPTS.labels(topic=rec.topic, outcome="undecodable").inc()
-                continue
-            if name not in ("DeliveryReceipt", "ExtractIssued"):
-                log.warning("impact_message_unexpected", topic=rec.topic, partition=rec.partition,
-                            offset=rec.offset, record_name=name)
-                IMPACT_RECEIPTS.labels(topic=rec.topic, outcome="unexpected").inc()
+                outcome = "unexpected" if exc.code == "RECORD_UNEXPECTED" else "undecodable"
+                IMPACT_RECEIPTS.labels(topic=rec.topic, outcome=outcome).inc()
                 continue
             IMPACT_RECEIPTS.labels(topic=rec.topic, outcome="read").inc()
             decoded.append((name, record))
         return decoded
+
+    def publish_dead_letters(self) -> int:
+        """Publish the stored letters not yet on rod.deadletter.v1, then mark them published."""
+        book = self.store.deadletters
+        letters = book.unpublished()
+        if not letters:
+            return 0
+        producer = kafka.producer(self.bootstrap, max_block_ms=10_000)
+        try:
+            futures = [send(producer, self.settings.topic(DEADLETTER_TOPIC), x,
+                            self.settings.topic(x.topic), SERVICE) for x in letters]
+            producer.flush(timeout=15)
+            for future in futures:
+                future.get(timeout=0)
+        finally:
+            producer.close(timeout=5)
+        book.mark_published(None, letters)
+        return len(letters)
+
+    def poll_once(self, consumer: Any, timeout_ms: int = 200) -> int:
+        """One poll: receipts and dead letters stored together, offsets committed, letters sent."""
+        polled = consumer.poll(timeout_ms=timeout_ms, max_records=1000)
+        if not polled:
+            return 0
+        self.letters = []
+        records = [r for batch in polled.values() for r in batch]
+        self.store.record(self.decode(records), self.letters)
+        consumer.commit()  # only after the rows are committed
+        if self.letters:
+            self.publish_dead_letters()
+        return len(records)
 
     def run(self, stop: threading.Event) -> None:
         """Poll → record → commit until `stop` is set; broker trouble is retried with backoff."""
@@ -178,15 +225,13 @@ class ImpactReader:
         while not stop.is_set():
             consumer = None
             try:
+                kafka.ensure_topics(self.settings, self.bootstrap, [DEADLETTER_TOPIC])
+                self.publish_dead_letters()  # what a crash left stored but not sent
                 consumer = kafka.consumer(self.bootstrap, group_id=self.group_id)
                 consumer.subscribe(self.topics)
                 while not stop.is_set():
-                    polled = consumer.poll(timeout_ms=200, max_records=1000)
-                    if not polled:
-                        continue
-                    self.store.record(self.decode(r for batch in polled.values() for r in batch))
-                    consumer.commit()  # only after the rows are committed
-                    backoff = 0.5
+                    if self.poll_once(consumer):
+                        backoff = 0.5
             except Exception as exc:  # broker or database away: retry; what was not committed is read again
                 log.warning("impact_reader_error", error=type(exc).__name__, retry_in_seconds=backoff)
                 stop.wait(backoff)

@@ -43,6 +43,7 @@ from sqlalchemy.exc import IntegrityError
 from services.kernel import chain
 from services.kernel.codec import Codec
 from services.kernel.database import make_engine, writing
+from services.kernel.deadletters import deadletter_table
 
 EVENT_NAMESPACE = uuid.UUID("5b0c7c1e-3f1e-4a8e-9d55-8a3c2f0e7d10")
 _NAMESPACE_BYTES = EVENT_NAMESPACE.bytes
@@ -126,6 +127,9 @@ relay_offsets = Table(
     Column("partition", Integer, primary_key=True, autoincrement=False),
     Column("last_offset", BigInteger, nullable=False),
 )
+
+# what the receipt reader (impact.py) could not decode (kernel/deadletters.py: the same columns everywhere)
+deadletters = deadletter_table(metadata, "registrar_deadletters")
 
 
 def event_id_for(result_id: str, version: int) -> str:
