@@ -37,6 +37,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from services.audit import metrics
 from services.audit.chain_check import Break, ChainCheck, Link
 from services.kernel.database import make_engine, writing
 from services.kernel.deadletters import DeadLetter, DeadLetterBook, add_missing_columns, deadletter_table
@@ -261,6 +262,7 @@ class Projection:
         except Exception:
             self.check = self._load_check()  # the transaction is gone: so is what it verified
             raise
+        metrics.projected(batch)
         for b in found:
             log.error("audit_chain_broken", position=b.position, code=b.code, detail=b.detail)
         return found

@@ -24,7 +24,7 @@ from pathlib import Path
 from sqlalchemy import and_, func, select
 from sqlalchemy.engine import Connection
 
-from services.audit import render
+from services.audit import metrics, render
 from services.audit.figures import (
     HISTORY,
     NATIONAL,
@@ -227,6 +227,7 @@ class ReportWriter:
                     report_id=w.report_id, period=w.period, scope=w.scope, provisional=w.provisional,
                     deletions=w.deletions, sha256_csv=w.sha256["csv"], sha256_json=w.sha256["json"],
                     sha256_html=w.sha256["html"], generated_at=to_millis(generated_at)))
+        metrics.published(len(written))
         log.info("audit_reports_published", period=written[0].period if written else None,
                  reports=len(written))
 

@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 
+from services.audit import metrics
 from services.audit.periods import Period, closed_since, from_millis, to_millis
 from services.audit.projection import Projection, published_periods
 from services.audit.reports import ReportWriter
@@ -88,7 +89,8 @@ class Scheduler:
         """Publish every due period that is ready; the ids of those published now."""
         now = self.clock()
         published = []
-        for period in self.due(now):
+        due = self.due(now)
+        for period in due:
             reason = self.blocked(period, now, idle_seconds)
             if reason:
                 if self._said.get(period.id) != reason:
@@ -103,6 +105,7 @@ class Scheduler:
             self._mark(period, now, len(written))
             log.info("audit_period_published", period=period.id, reports=len(written))
             published.append(period.id)
+        metrics.unpublished(p.end for p in due if p.id not in published)
         return published
 
     def claim(self, period: Period, now: datetime) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+from services.audit import metrics
 from services.audit.projection import Projection
 from services.audit.reader import AuditReader
 from services.audit.reports import ReportWriter
@@ -20,6 +21,7 @@ class AuditService:
     def __init__(self, settings: Settings, bootstrap: str, clock: Clock = utc_now,
                  tick_every: float = 60.0, **scheduler_options: object) -> None:
         self.projection = Projection(settings.database_urls["audit"])
+        metrics.follow(self.projection)
         self.reader = AuditReader(self.projection, settings, bootstrap)
         self.scheduler = Scheduler(self.projection, ReportWriter(self.projection, settings, bootstrap),
                                    clock, **scheduler_options)  # type: ignore[arg-type]

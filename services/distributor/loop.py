@@ -35,6 +35,7 @@ from kafka.structs import OffsetAndMetadata
 from sqlalchemy.exc import DBAPIError
 
 from services.distributor import decide as d
+from services.distributor import metrics
 from services.distributor.feeds import (
     DEADLETTER_TOPIC,
     DELIVERIES_TOPIC,
@@ -117,6 +118,7 @@ class Distributor:
         self.bootstrap = bootstrap
         self.codec = Codec()
         self.subscriptions = {s.name: s for s in (subscriptions or load(codec=self.codec))}
+        metrics.known(self.subscriptions)
         self.ledger = ledger or Ledger(settings.database_urls["distributor"])
         self.group = group
         self.group_id = group_id
@@ -296,6 +298,7 @@ class Distributor:
             self.publish_pending(partitions)
         if batch:
             step = self.process(self.main, batch)
+            metrics.processed(step.events)
         else:
             step = Step()
             self._idle()
@@ -544,6 +547,7 @@ class Distributor:
             self.publisher.send_dead_letter(letter)
         highest = self.publisher.flush()
         self._record(highest, [(o.subscription, o.event_id) for o in known], letters)
+        metrics.sent(known)  # confirmed by the flush above
         for letter in letters:
             log.warning(
                 "distributor_dead_letter",

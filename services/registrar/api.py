@@ -234,11 +234,12 @@ def create_app(
         """Liveness: the process answers."""
         return {"status": "ok"}
 
-    @app.get("/metrics", tags=["operations"], response_class=Response,
-             responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}})
-    def get_metrics() -> Response:
-        """Prometheus text format."""
-        return Response(served_metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    if metrics.enabled():  # ROD_METRICS=off: no endpoint (the benchmark's baseline)
+        @app.get("/metrics", tags=["operations"], response_class=Response,
+                 responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}})
+        def get_metrics() -> Response:
+            """Prometheus text format: every service in this process."""
+            return Response(served_metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     def _owned_state(result_id: str, institution: str) -> Any:
         row = None

@@ -22,6 +22,7 @@ from sqlalchemy import delete, select, update
 from services.kernel import kafka
 from services.kernel.logging import get_logger
 from services.kernel.settings import Settings
+from services.registrar import metrics
 from services.registrar.store import EventStore, relay_offsets, relay_progress
 
 log = get_logger("relay")
@@ -107,6 +108,7 @@ class Relay:
             metadata = future.get(timeout=0)  # raises the send's error: then nothing is recorded
             highest[metadata.partition] = max(highest.get(metadata.partition, -1), metadata.offset)
         self._record(batch[-1].position, highest)
+        metrics.relay_published(len(batch))
         log.debug("relay_published", first_position=batch[0].position, last_position=batch[-1].position)
         return len(batch)
 
