@@ -1,7 +1,10 @@
-"""`rod` commands for operators: operator add (and, with the operations package, the views)."""
+"""`rod` commands for operators: operator add, and `rod topics` (the one-screen view)."""
 
 from __future__ import annotations
 
+import json
+import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -60,4 +63,93 @@ def operator_add(ctx: click.Context, name: str, as_name: str | None) -> None:
     click.echo(token)
 
 
-COMMANDS = [operator]
+class Unreachable(click.ClickException):
+    """The broker or a database cannot be reached: exit 2 with a message, no traceback."""
+
+    exit_code = 2
+
+
+def _overview(settings: Settings) -> dict[str, Any]:
+    from services.operations import overview
+
+    try:
+        return overview.gather(settings, resolve_bootstrap(settings))
+    except (BrokerUnavailable, overview.Unreachable) as exc:
+        raise Unreachable(str(exc)) from None
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def render(view: dict[str, Any], attention: list[str]) -> str:
+    """The one screen: topics, relay, groups, subscriptions, dead letters, what needs attention."""
+    approx = any(t["approximate"] for t in view["topics"])
+    lines = [f"TOPICS{'  (~ approximate: this broker reports end offsets short)' if approx else ''}",
+             f"  {'NAME':<44} {'PARTS':>5} {'MESSAGES':>10}"]
+    for t in view["topics"]:
+        count = "missing" if t.get("missing") else ("~" if t["approximate"] else "") + str(t["messages"])
+        lines.append(f"  {t['name']:<44} {t['partitions']:>5} {count:>10}")
+    relay = view["relay"]
+    lines += ["", f"RELAY  stored {relay['stored_position']}  published {relay['published_position']}  "
+                  f"lag {relay['lag']}  {relay['status']}", "",
+              f"GROUPS (status over {view['window_seconds']:g} s)",
+              f"  {'GROUP':<24} {'TOPIC':<36} {'STATUS':<8} {'LAG':>8} {'MEMBERS':>7}"]
+    for g in view["groups"]:
+        lines.append(f"  {g['group']:<24} {g['topic']:<36} {g['status']:<8} {g['lag']:>8} {g['members']:>7}")
+    if not view["groups"]:
+        lines.append("  (no consumer group has committed on these topics)")
+    lines += ["", "SUBSCRIPTIONS",
+              f"  {'NAME':<14} {'STATE':<8} {'DELIVERED':>9} {'WITHDRAWN':>9} {'HELD':>6} {'SKIPPED':>8} "
+              f"{'PENDING':>8} {'AGE':>6}  LAST DELIVERED"]
+    for s in view["subscriptions"]:
+        lines.append(f"  {s['name']:<14} {s['state']:<8} {s['delivered']:>9} {s['withdrawn']:>9} "
+                     f"{s['held']:>6} {s['skipped']:>8} {s['pending']:>8} "
+                     f"{_age(s['pending_age_seconds']):>6}  {s['last_delivered_at'] or '-'}")
+    letters = view["deadletters"]
+    lines += ["", f"DEAD LETTERS  open {letters['open']}  total {letters['total']}", ""]
+    lines += [f"ATTENTION: {a}" for a in attention] or ["all OK"]
+    return "\n".join(lines)
+
+
+@click.command("topics")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (one per refresh with --watch).")
+@click.option("--watch", type=click.FloatRange(min=0.5), default=None, metavar="SECONDS",
+              help="Redraw every SECONDS until Ctrl-C.")
+@click.pass_context
+def topics(ctx: click.Context, as_json: bool, watch: float | None) -> None:
+    """The chain at a glance: topics, relay, consumer groups, subscriptions, dead letters.
+
+    Exit 0 when all is OK and no dead letter is open, 1 when something needs attention,
+    2 when the broker or a database cannot be reached.
+    """
+    from services.operations.overview import needs_attention
+
+    settings: Settings = ctx.obj["settings"]
+    code = 0
+    try:
+        while True:
+            view = _overview(settings)
+            attention = needs_attention(view)
+            code = 1 if attention else 0
+            if as_json:
+                click.echo(json.dumps(view))
+            else:
+                if watch:
+                    click.clear()
+                click.echo(render(view, attention))
+            if not watch:
+                break
+            time.sleep(watch)
+    except KeyboardInterrupt:
+        pass
+    sys.exit(code)
+
+
+COMMANDS = [operator, topics]

@@ -10,6 +10,8 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Float,
+    Index,
     Integer,
     MetaData,
     String,
@@ -22,6 +24,22 @@ from services.kernel.database import make_engine, writing
 
 metadata = MetaData()
 ROW_ID = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER keys only
+
+# the window `rod topics` judges a consumer group's status over: one reading per sample of each
+# (group, topic, partition); group "(relay)" holds the relay's published position. Pruned by
+# services.operations.overview to a few windows.
+group_samples = Table(
+    "operations_group_samples",
+    metadata,
+    Column("id", ROW_ID, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False, index=True),  # Unix seconds
+    Column("group_id", String(255), nullable=False),
+    Column("topic", String(255), nullable=False),
+    Column("partition", Integer, nullable=False),
+    Column("committed", BigInteger, nullable=False),
+    Column("lag", BigInteger, nullable=False),
+    Index("ix_operations_group_samples_key", "group_id", "topic", "partition", "at"),
+)
 
 operators = Table(
     "operations_operators",
