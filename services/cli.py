@@ -72,11 +72,18 @@ def up(ctx: click.Context, port: int, data_dir: str | None) -> None:
         relay = Relay(EventStore(settings.database_urls["registrar"]), settings, bootstrap)
         distributor = Distributor(settings, bootstrap)
         audit = AuditService(settings, bootstrap)
+        from services.operations import metrics as operations_metrics  # here: only `rod up` samples
+        from services.operations.overview import Monitor
+
+        # samples the groups for `rod topics`' window; /metrics exports its last overview
+        monitor = Monitor(settings, bootstrap)
+        operations_metrics.install(monitor, settings)
         # Each component runs until `stop` is set; add new services here.
         workers = [
             threading.Thread(target=relay.run, args=(stop,), name="relay", daemon=True),
             threading.Thread(target=distributor.run, args=(stop,), name="distributor", daemon=True),
             threading.Thread(target=audit.run, args=(stop,), name="audit", daemon=True),
+            threading.Thread(target=monitor.run, args=(stop,), name="monitor", daemon=True),
             *(threading.Thread(target=run, args=(stop,), name=name, daemon=True)
               for name, run in registrar_serve.components(settings, bootstrap, port)),
         ]
