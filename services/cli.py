@@ -16,6 +16,7 @@ from services.kernel import logging as rod_logging
 from services.kernel.broker import DEFAULT_PORT, LocalBroker, free_port
 from services.kernel.settings import Settings
 from services.operations import cli as operations_cli
+from services.operations import deadletter_cli
 from services.operations.actions import ActionLog
 from services.operations.store import OperationsStore
 from services.registrar import cli as registrar_cli
@@ -111,5 +112,6 @@ def up(ctx: click.Context, port: int, data_dir: str | None) -> None:
 
 for command in (
     registrar_cli.COMMANDS + distributor_cli.COMMANDS + audit_cli.COMMANDS + operations_cli.COMMANDS
+    + deadletter_cli.COMMANDS
 ):
     main.add_command(command)

@@ -5,12 +5,18 @@ A message is `C3 01` + the writer schema's CRC-64-AVRO fingerprint (8 bytes, lit
 writer schema by that fingerprint; this codec resolves it to the newest version of the
 same record (`Name.vN.avsc`, highest N), so old messages keep decoding after a
 backward-compatible change.
+
+ROD_SCHEMA_PATH (directories, separated by os.pathsep) adds schema files to those shipped in
+`schemas/avro/`: a newer schema version can be deployed to a running installation without a
+new release, e.g. to read an event some producer already writes with it. Until then such an
+event is a dead letter (SCHEMA_UNKNOWN), replayed by an operator once the file is in place.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,10 +64,13 @@ def _load(path: Path, name: str, version: int) -> SchemaVersion:
 class Codec:
     """Encode with the newest schema of a record; decode any stored version."""
 
-    def __init__(self, schema_dir: Path = SCHEMA_DIR) -> None:
+    def __init__(self, schema_dir: Path = SCHEMA_DIR, extra_dirs: list[Path] | None = None) -> None:
         self.by_fingerprint: dict[bytes, SchemaVersion] = {}
         self.current: dict[str, SchemaVersion] = {}
-        for path in sorted(schema_dir.glob("*.avsc")):
+        if extra_dirs is None:
+            extra_dirs = [Path(d) for d in os.environ.get("ROD_SCHEMA_PATH", "").split(os.pathsep) if d]
+        paths = [p for d in [schema_dir, *extra_dirs] for p in sorted(d.glob("*.avsc"))]
+        for path in paths:
             match = _FILE_NAME.match(path.name)
             if not match:
                 raise ValueError(f"schema file name must be Name.vN.avsc: {path.name}")

@@ -55,6 +55,7 @@ MESSAGES = {
     "BODY_UNREADABLE": "the Avro body does not match its writer schema",
     "EVENT_TYPE_UNKNOWN": "a record type this topic does not carry",
     "EVENT_INCOMPLETE": "a field this service needs is missing",
+    "RECORD_UNEXPECTED": "a record type this topic does not carry",
     "PROCESSING_FAILED": "the service could not act on this record",
 }
 
@@ -89,8 +90,18 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError | KafkaError | OSError)
 
 
+class Failed(Exception):
+    """Processing failed again, as a service's own loop records it (the reason is kept as is)."""
+
+    def __init__(self, letter: DeadLetter) -> None:
+        super().__init__(f"{letter.error_code}: {letter.error_message}")
+        self.letter = letter
+
+
 def reason(exc: BaseException) -> tuple[str, str, str]:
     """(exception class, code, fixed message) of a failure; nothing of the record's content."""
+    if isinstance(exc, Failed):
+        return exc.letter.error_class, exc.letter.error_code, exc.letter.error_message
     code = getattr(exc, "code", None)
     if not isinstance(code, str):
         head, sep, _rest = str(exc).partition(":")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
+import pytest
 from kafka.errors import KafkaTimeoutError
 from sqlalchemy import Column, Integer, MetaData, Table
 from sqlalchemy.exc import OperationalError
 
-from services.kernel.codec import Codec, DecodeError
+from services.kernel.codec import SCHEMA_DIR, Codec, DecodeError
 from services.kernel.database import make_engine, writing
 from services.kernel.deadletters import (
     DeadLetter,
@@ -126,5 +129,19 @@ def test_the_operators_counts_cover_every_service_and_tables_not_made_yet(tmp_pa
     assert "111222333" not in repr(listed)
 
 
-def test_the_codec_in_use_knows_no_v2_of_registrations() -> None:
-    assert Codec().current["ResultRegistered"].version == 1  # the acceptance test brings its own v2
+def test_rod_schema_path_adds_schema_versions_to_the_shipped_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert Codec().current["ResultRegistered"].version == 1
+    schema = json.loads((SCHEMA_DIR / "ResultRegistered.v1.avsc").read_text())
+    schema["fields"].insert(len(schema["fields"]) - 1, {"name": "honours", "type": ["null", "string"],
+                                                         "default": None})
+    (tmp_path / "ResultRegistered.v2.avsc").write_text(json.dumps(schema))
+    monkeypatch.setenv("ROD_SCHEMA_PATH", os.pathsep.join([str(tmp_path / "absent"), str(tmp_path)]))
+    fixed = Codec()
+    assert fixed.current["ResultRegistered"].version == 2
+    assert fixed.current["ResultDeleted"].version == 1  # the shipped ones are all still there
+    written = fixed.encode("DeliveryReceipt", {"delivery_id": "d", "subscription": "s", "kind": "DELIVERY",
+                                               "event_id": "e", "result_id": "r", "institution": "25BE",
+                                               "delivered_at": 0})
+    assert Codec(extra_dirs=[]).decode(written)[0] == "DeliveryReceipt"
