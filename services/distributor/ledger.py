@@ -95,6 +95,9 @@ decisions = Table(
         sqlite_where=text("state = 'held'"),
         postgresql_where=text("state = 'held'"),
     ),
+    # covers the counts per subscription that operators read (rod topics, the console): an
+    # index-only scan instead of reading every row (2.6-3.9 s -> 0.46 s at 3M decisions)
+    Index("ix_distributor_decisions_counts", "subscription", "state", "kind", "delivered_at"),
 )
 
 cursors = Table(
