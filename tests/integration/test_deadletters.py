@@ -89,6 +89,10 @@ def operations(settings: Settings, at_least: int) -> list[dict[str, Any]]:
     return [codec.decode(r.value)[1] for r in records]
 
 
+def last_position(chain: Chain) -> int:
+    return chain.registrar.store.last_position()
+
+
 def assert_no_person_number(text: str) -> None:
     assert not [n for n in PERSON_NUMBERS if n in text]
 
@@ -210,6 +214,14 @@ def test_an_event_with_a_schema_not_known_yet_is_replayed_after_the_fix_exactly_
     again = read_topic(settings.kafka_bootstrap or "", settings.topic(DEADLETTER_TOPIC), 4)
     assert sorted(dict(r.headers)["rod.attempt"] for r in again) == [b"1", b"1", b"2", b"2"]
 
+    # the audit service keeps running meanwhile: it must see the gap filled by the replay
+    projection.dispose()
+    live = AuditReader(Projection(settings.database_urls["audit"]), settings, settings.kafka_bootstrap or "")
+    assert live.projection.check.waiting_for == outcome.position
+    stop = threading.Event()
+    running = threading.Thread(target=live.run, args=(stop,), daemon=True)
+    running.start()
+
     fixed = {**env, "ROD_SCHEMA_PATH": str(schemas)}
     decisions = chain.decision_count()
     first = run_rod("deadletter", "replay", *ids, "--reason", "v2 schema deployed", "--as", "alice",
@@ -225,9 +237,15 @@ def test_an_event_with_a_schema_not_known_yet_is_replayed_after_the_fix_exactly_
     time.sleep(1)
     assert chain.decision_count() - decisions == delivered  # no new decision
     assert {n: c for n, c in feed_counts(chain, outcome.event_id).items() if c} == wanted  # no new message
-    projection.dispose()
-    status = Projection(settings.database_urls["audit"]).status()
+    try:
+        wait_for(lambda: live.projection.check.waiting_for is None, timeout=30)
+    finally:
+        stop.set()
+        running.join(timeout=30)
+    status = live.projection.status()
     assert status.waiting_for is None and not status.breaks  # the gap is filled, the chain verified
+    assert status.verified == last_position(chain)
+    live.projection.dispose()
 
     actions = [a for a in operations(settings, 6) if a["action"] == "deadletter-replay"]
     by_alice = [a for a in actions if a["operator"] == "alice"]
