@@ -49,6 +49,8 @@ IMPACT_RECEIPTS = Counter(
     ["topic", "outcome"],
 )
 
+for _outcome in ("accepted", "duplicate", "rejected"):  # shown as 0 before the first upload
+    BATCH_OUTCOMES.labels(outcome=_outcome)
 RELAY_PUBLISHED = Counter(
     "rod_relay_published_events_total",
     "Events the relay published to rod.results.v1 (confirmed by the broker)."

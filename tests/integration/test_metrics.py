@@ -80,7 +80,10 @@ def _wait_for(url: str, ready, timeout: float = 90.0) -> str:  # noqa: ANN001 - 
         except httpx.TransportError:
             pass
         time.sleep(0.5)
-    raise AssertionError("the scrape never showed what was expected:\n" + scrape[-3000:])
+    found = samples(scrape)
+    raise AssertionError(f"the scrape never showed what was expected (missing: "
+                         f"{sorted(n for n in named_metrics() if n not in found)}; feed messages: "
+                         f"{found.get('rod_feed_messages_total')})")
 
 
 @pytest.mark.slow
@@ -124,7 +127,8 @@ def test_a_live_scrape_covers_every_service_and_carries_no_personal_data(
         names = named_metrics()
         scrape = _wait_for(url, lambda s: (
             all(n in s for n in names) and total(s, "rod_feed_messages_total", 'kind="withdrawal"') >= 3
-            and bool(s.get("rod_subscription_pending_events"))))
+            and bool(s.get("rod_subscription_pending_events"))
+            and any('group="rod-distributor"' in ls for ls, _v in s.get("rod_consumer_lag_messages", []))))
     finally:
         stop_rod_up(proc)
 
@@ -145,7 +149,8 @@ def test_a_live_scrape_covers_every_service_and_carries_no_personal_data(
     assert total(found, "rod_audit_projected_total", 'kind="event"') >= 4
     assert {"distributor", "audit", "registrar"} <= {
         dict(_LABELS.findall(labels))["service"] for labels, _v in found["rod_deadletters_open"]}
-    assert any('group="rod-distributor"' in labels for labels, _v in found["rod_consumer_lag_messages"])
+    groups = {dict(_LABELS.findall(labels))["group"] for labels, _v in found["rod_consumer_lag_messages"]}
+    assert "rod-distributor" in groups, groups
 
     label_values = [v for line in scrape.splitlines() if not line.startswith("#")
                     for _k, v in _LABELS.findall(line)]
