@@ -135,7 +135,7 @@ def _replay_distributor(settings: Settings, bootstrap: str, row: Any) -> str:
             outgoing, rows, letters = dist._decide(conn, reader, subs, states, [item], [])
             if letters:
                 raise Failed(letters[0])
-            rows += [_skipped_row(dist, s, event, row.partition) for s in skipped]
+            rows += [_skipped_row(name, event, row.partition) for name in sorted(skipped)]
             dist.ledger.insert(conn, rows)
         if outgoing:
             for topic in {o.topic for o in outgoing} | {DELIVERIES_TOPIC}:
@@ -173,11 +173,11 @@ def _deleted_first(dist: Any, conn: Any, subs: list[Any], name: str, event: dict
     return {sub for (sub, _event), row in found.items() if row.kind == "WITHDRAWAL" or row.reason in ended}
 
 
-def _skipped_row(dist: Any, sub: Any, event: dict[str, Any], partition: int) -> dict[str, Any]:
+def _skipped_row(subscription: str, event: dict[str, Any], partition: int) -> dict[str, Any]:
     from services.distributor.ledger import now
 
     return {
-        "subscription": sub.name, "event_id": event["event_id"], "result_id": event["result_id"],
+        "subscription": subscription, "event_id": event["event_id"], "result_id": event["result_id"],
         "institution": event["institution"], "state": "skipped", "kind": None, "reason": "DELETED_FIRST",
         "delivery_id": None, "payload": None, "partition": partition, "due_at": None,
         "delivered_at": None, "decided_at": now(),

@@ -97,7 +97,6 @@ def assert_no_person_number(text: str) -> None:
     assert not [n for n in PERSON_NUMBERS if n in text]
 
 
-@SQLITE_ONLY
 def test_a_poison_message_is_one_dead_letter_per_consuming_service_and_the_next_event_goes_on(
     chain: Chain,
 ) -> None:
@@ -252,3 +251,31 @@ def test_an_event_with_a_schema_not_known_yet_is_replayed_after_the_fix_exactly_
     assert sorted(a["target"] for a in by_alice) == ids
     assert all(a["outcome"].startswith("replayed") and a["reason"] == "v2 schema deployed" for a in by_alice)
     assert_no_person_number(json.dumps(actions, default=str) + first.stdout + json.dumps(listed(env)))
+
+
+@SQLITE_ONLY
+def test_a_replayed_registration_whose_deletion_was_decided_first_is_never_delivered(
+    chain: Chain, tmp_path: Path
+) -> None:
+    settings, env = chain.settings, settings_env(chain.settings)
+    schemas = _v2_schema(tmp_path / "schemas")
+    newer = EventStore(settings.database_urls["registrar"], codec=Codec(extra_dirs=[schemas]))
+    raw = {"institution": "25BE", "branch": "25BE01", "sector": "HO", "programme_code": "56551",
+           "diploma_number": "D9", "diploma_date": "2026-07-01", "bsn": "111222333"}
+    registered = Registrar(newer, Catalogue.load(CATALOGUE)).register(raw, "25BE")
+    newer.dispose()
+    deletion = chain.delete(registered.result_id)  # a deletion every service can read
+    chain.publish()
+    distribute(chain)
+    letter = next(x for x in listed(env) if x["service"] == "distributor")
+    assert letter["reason"]["code"] == "SCHEMA_UNKNOWN"
+    assert {r.reason for r in chain.decisions() if r.event_id == deletion} == {"NOT_DELIVERED"}
+
+    fixed = {**env, "ROD_SCHEMA_PATH": str(schemas)}
+    done = run_rod("deadletter", "replay", letter["id"], env=fixed)
+    assert done.returncode == 0, done.stdout
+    assert "its deletion was decided first" in done.stdout
+    rows = [r for r in chain.decisions() if r.event_id == registered.event_id]
+    assert {(r.state, r.reason) for r in rows} == {("skipped", "DELETED_FIRST")} and len(rows) == len(FEEDS)
+    assert feed_counts(chain, registered.event_id) == dict.fromkeys(FEEDS, 0)  # never delivered
+    assert {x["id"]: x["status"] for x in listed(env)}[letter["id"]] == "replayed"
