@@ -164,3 +164,13 @@ def test_a_live_scrape_covers_every_service_and_carries_no_personal_data(
     checked = subprocess.run([promtool, "check", "metrics"], input=scrape, capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_metrics_off_serves_no_endpoint(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.integration.apiserver import running_api
+
+    monkeypatch.setenv("ROD_METRICS", "off")
+    with running_api(settings) as api, api.client(None) as client:
+        assert client.get("/metrics").status_code == 404
+        assert client.get("/healthz").status_code == 200
