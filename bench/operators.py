@@ -1,0 +1,263 @@
+"""The operators' views under load (issue 7's benchmark).
+
+1. Fill: N events on rod.results.v1 of a local broker (registrations with the registrar, a
+   tenth of them deleted again, relayed), 100 poison messages among them (each consuming
+   service records them as dead letters), then the distributor fills the three feeds and the
+   audit projects everything, each caught up before anything is measured.
+2. `rod topics --json` as a user runs it (a subprocess, with `rod up` running): median and
+   max of 5.
+3. `rod up` on that system; clients register at a steady R registrations/s over HTTP while a
+   scraper reads `/metrics` every 100 ms: scrape p50/p99/max, and the rate really served
+   (at 1,000/s, then at a rate this machine sustains, so both saturation and headroom show).
+4. Ingest throughput, metrics on vs off: 16 clients register as fast as they can for S
+   seconds against `rod up` with metrics on (a scrape every second, 15 times Prometheus'
+   default rate) and then against `rod up` restarted with ROD_METRICS=off (no endpoint, no
+   collectors, no scrapes). Prints both and the ratio.
+
+Usage: .venv/bin/python bench/operators.py [--events 1000000] [--rates 1000,100] [--seconds 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.distribute import CATALOGUE, fill  # noqa: E402
+from services.audit.projection import Projection  # noqa: E402
+from services.audit.reader import AuditReader  # noqa: E402
+from services.distributor.loop import Distributor  # noqa: E402
+from services.kernel import kafka  # noqa: E402
+from services.kernel import logging as rod_logging  # noqa: E402
+from services.kernel.broker import LocalBroker, free_port  # noqa: E402
+from services.kernel.settings import Settings  # noqa: E402
+from services.registrar.catalogue import Catalogue  # noqa: E402
+from services.registrar.commands import Registrar  # noqa: E402
+from services.registrar.relay import RESULTS_TOPIC  # noqa: E402
+from services.registrar.store import EventStore  # noqa: E402
+
+POISON = 100
+PEOPLE = ["111222333", "123456782", "249566758", "319072356"]
+
+
+def prepare(settings: Settings, tmp: Path, events: int) -> str:
+    """The filled system; returns the institution's token."""
+    registrar = Registrar(EventStore(settings.database_urls["registrar"]), Catalogue.load(CATALOGUE))
+    token = registrar.add_institution("25BE", "Universiteit Bench", ["HO"])
+    registrar.store.dispose()
+    started = time.perf_counter()
+    fill(settings, tmp, events)
+    print(f"fill: {events:,} events stored and relayed in {time.perf_counter() - started:.0f} s", flush=True)
+    producer = kafka.producer(settings.kafka_bootstrap)
+    for i in range(POISON):  # garbage on the log: every consuming service records a dead letter
+        producer.send(settings.topic(RESULTS_TOPIC), key=f"poison-{i}".encode(),
+                      value=b"\x00not avro" + bytes([i]))
+    producer.flush()
+    producer.close()
+
+    started = time.perf_counter()
+    distributor = Distributor(settings, settings.kafka_bootstrap, group=False)
+    distributor.start()
+    seen = idle = 0
+    while idle < 20:  # caught up: twenty empty polls in a row
+        step = distributor.step()
+        seen += step.events + step.dead
+        idle = 0 if step.events or step.dead else idle + 1
+    distributor.close()
+    print(f"distributor: {seen:,} messages decided in {time.perf_counter() - started:.0f} s", flush=True)
+
+    started = time.perf_counter()
+    projection = Projection(settings.database_urls["audit"])
+    read = AuditReader(projection, settings, settings.kafka_bootstrap).catch_up(timeout=3600)
+    projection.dispose()
+    print(f"audit: {read:,} messages projected in {time.perf_counter() - started:.0f} s", flush=True)
+    return token
+
+
+def env_for(settings: Settings, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROD_")}
+    env.update(ROD_DATA_DIR=str(settings.data_dir), ROD_KAFKA_BOOTSTRAP=str(settings.kafka_bootstrap),
+               ROD_TOPIC_PREFIX=settings.topic_prefix, ROD_CATALOGUE=str(CATALOGUE), **extra)
+    return env
+
+
+def rod_up(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    rod = Path(sys.executable).with_name("rod")
+    proc = subprocess.Popen([str(rod), "up", "--port", str(port)], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc, port
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("rod up did not start")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def topics_times(env: dict[str, str], runs: int = 5) -> tuple[list[float], dict]:
+    rod = Path(sys.executable).with_name("rod")
+    times, view = [], {}
+    for _ in range(runs):
+        started = time.perf_counter()
+        done = subprocess.run([str(rod), "topics", "--json"], env=env, capture_output=True, text=True)
+        times.append(time.perf_counter() - started)
+        assert done.returncode in (0, 1), done.stderr[-2000:]
+        view = json.loads(done.stdout)
+    return times, view
+
+
+def scraper(port: int, every: float, halt: threading.Event, out: list[float]) -> None:
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        while not halt.is_set():
+            started = time.perf_counter()
+            answer = client.get("/metrics")
+            out.append(time.perf_counter() - started)
+            assert answer.status_code == 200
+            halt.wait(max(every - (time.perf_counter() - started), 0))
+
+
+async def paced(port: int, token: str, rate: float | None, seconds: float, run: int
+                ) -> dict[str, float]:
+    """16 keep-alive connections registering new results (raw HTTP/1.1, as bench/api.py: the
+    client must cost the shared CPU little), each at rate/16 per second, or flat out when
+    `rate` is None; `run` keeps the diploma numbers of each run apart (no repeats)."""
+    clients = 16
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+
+    async def client(c: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        began, i = time.perf_counter(), 0
+        try:
+            while time.perf_counter() - began < seconds:
+                body = json.dumps({
+                    "person": {"bsn": PEOPLE[i % 4]}, "institution": "25BE", "branch": "25BE01",
+                    "sector": "HO", "programme_code": "56551", "diploma_number": f"R{run}-{c}-{i}",
+                    "diploma_date": "2026-07-01"}).encode()
+                head = (f"POST /v1/results HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {token}\r\n"
+                        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+                started = time.perf_counter()
+                writer.write(head + body)
+                status = int((await reader.readline()).split()[1])
+                length = 0
+                while (line := await reader.readline()) not in (b"\r\n", b""):
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                await reader.readexactly(length)
+                latencies.append(time.perf_counter() - started)
+                statuses[status] = statuses.get(status, 0) + 1
+                i += 1
+                if rate:
+                    await asyncio.sleep(max(began + i * clients / rate - time.perf_counter(), 0))
+        finally:
+            writer.close()
+
+    began = time.perf_counter()
+    await asyncio.gather(*(client(c) for c in range(clients)))
+    elapsed = time.perf_counter() - began
+    cuts = statistics.quantiles(latencies, n=100)
+    return {"per_second": statuses.get(201, 0) / elapsed, "p99_ms": cuts[98] * 1000, "statuses": statuses}
+
+
+def quantiles(values: list[float]) -> tuple[float, float, float]:
+    cuts = statistics.quantiles(values, n=100)
+    return cuts[49] * 1000, cuts[98] * 1000, max(values) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--rates", type=lambda t: [int(x) for x in t.split(",")], default=[1000, 100],
+                        help="registrations/s while /metrics is scraped, comma-separated")
+    parser.add_argument("--seconds", type=float, default=30)
+    args = parser.parse_args()
+    rod_logging.configure(json=True, stream=open(os.devnull, "w"))  # noqa: SIM115 - for the whole run
+    with LocalBroker() as broker, tempfile.TemporaryDirectory() as tmp:
+        settings = Settings.from_env({"ROD_DATA_DIR": str(Path(tmp) / "var"),
+                                      "ROD_KAFKA_BOOTSTRAP": broker.bootstrap,
+                                      "ROD_TOPIC_PREFIX": f"b{uuid.uuid4().hex[:8]}."})
+        settings.data_dir.mkdir(parents=True)
+        token = prepare(settings, Path(tmp), args.events)
+
+        proc, port = rod_up(env_for(settings, ROD_MONITOR_INTERVAL_SECONDS="5"))
+        try:
+            time.sleep(15)  # the monitor's first overviews, the readers joined their groups
+            times, view = topics_times(env_for(settings))
+            print(f"rod topics --json: dead letters {view['deadletters']}; "
+                  f"load average {os.getloadavg()[0]:.1f}")
+            print(f"rod topics --json: median {statistics.median(times):.2f} s, max {max(times):.2f} s "
+                  f"(goal: median < 2 s: {'met' if statistics.median(times) < 2 else 'MISSED'})", flush=True)
+
+            for run, rate in enumerate(args.rates):  # the goal's rate, then rates the machine sustains
+                scrapes: list[float] = []
+                halt = threading.Event()
+                watcher = threading.Thread(target=scraper, args=(port, 0.1, halt, scrapes), daemon=True)
+                watcher.start()
+                steady = asyncio.run(paced(port, token, rate, args.seconds, 10 + run))
+                halt.set()
+                watcher.join()
+                p50, p99, worst = quantiles(scrapes)
+                print(f"/metrics while ingesting {steady['per_second']:,.0f} registrations/s "
+                      f"(asked {rate}/s, registration p99 {steady['p99_ms']:.0f} ms): "
+                      f"{len(scrapes)} scrapes, p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {worst:.1f} ms "
+                      f"(goal: p99 < 50 ms: {'met' if p99 < 50 else 'MISSED'}; "
+                      f"load average {os.getloadavg()[0]:.1f})", flush=True)
+
+        finally:
+            stop(proc)
+
+        # on and off alternate (two rounds each): other work on a shared machine drifts
+        figures: dict[str, list[dict[str, float]]] = {"on": [], "off": []}
+        for round_, mode in enumerate(("on", "off", "on", "off")):
+            extra = {"ROD_METRICS": "off"} if mode == "off" else {}
+            proc, port = rod_up(env_for(settings, ROD_MONITOR_INTERVAL_SECONDS="5", **extra))
+            try:
+                time.sleep(10)
+                halt, scrapes = threading.Event(), []
+                if mode == "on":
+                    watcher = threading.Thread(target=scraper, args=(port, 1.0, halt, scrapes), daemon=True)
+                    watcher.start()
+                else:
+                    assert httpx.get(f"http://127.0.0.1:{port}/metrics").status_code == 404
+                figures[mode].append(asyncio.run(paced(port, token, None, args.seconds, 2 + round_)))
+                halt.set()
+            finally:
+                stop(proc)
+            f = figures[mode][-1]
+            print(f"ingest, metrics {mode}: {f['per_second']:,.0f}/s p99 {f['p99_ms']:.0f} ms "
+                  f"(load average {os.getloadavg()[0]:.1f})", flush=True)
+        on = statistics.mean(f["per_second"] for f in figures["on"])
+        off = statistics.mean(f["per_second"] for f in figures["off"])
+        print(f"ingest flat out, metrics on (scraped every second) {on:,.0f}/s vs off {off:,.0f}/s: "
+              f"ratio {on / off:.2f} (goal >= 0.95: {'met' if on / off >= 0.95 else 'MISSED'})", flush=True)
+
+
+if __name__ == "__main__":
+    main()
