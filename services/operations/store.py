@@ -66,6 +66,18 @@ actions = Table(
     Column("published", Boolean, nullable=False),
 )
 
+# console sessions: the cookie holds a random id whose hash is the key (a stolen table row is
+# no session); csrf is the per-session token every console form carries back
+sessions = Table(
+    "operations_sessions",
+    metadata,
+    Column("id_hash", String(64), primary_key=True),
+    Column("operator", String(80), nullable=False),
+    Column("csrf", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False, index=True),
+)
+
 
 class OperationsStore:
     """The operations database."""

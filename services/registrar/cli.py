@@ -16,7 +16,7 @@ from services.registrar.commands import FileRefused, RecordFeedback, Registrar
 from services.registrar.relay import Relay
 from services.registrar.rules import SECTORS
 from services.registrar.store import EventStore
-from services.registrar.verify import verify
+from services.registrar.verify import record_verdict, verify
 
 INSTITUTION_CODE = re.compile(r"^\d{2}[A-Z]{2}$")
 
@@ -128,7 +128,9 @@ def delete_result(ctx: click.Context, result_id: str, reason: str, explanation: 
 @click.pass_context
 def verify_chain(ctx: click.Context) -> None:
     """Walk the event store's hash chain; exit 1 and name the first broken position."""
-    verdict = verify(EventStore(_settings(ctx).database_urls["registrar"]))
+    event_store = EventStore(_settings(ctx).database_urls["registrar"])
+    verdict = verify(event_store)
+    record_verdict(event_store, verdict)  # the console shows the latest
     if verdict.ok:
         click.echo(f"chain intact: {verdict.checked} events verified")
         return

@@ -14,7 +14,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
@@ -22,10 +22,13 @@ import uvicorn
 from services.audit.http import reports_router
 from services.kernel.logging import get_logger
 from services.kernel.settings import Settings
+from services.operations.console import console_router
+from services.operations.readiness import readiness_router
 from services.registrar.api import UPLOAD_LIMIT, create_app
 from services.registrar.batches import BatchStore
 from services.registrar.catalogue import Catalogue
 from services.registrar.commands import Registrar
+from services.registrar.gate import TokenBook
 from services.registrar.impact import ImpactReader, ImpactStore
 from services.registrar.store import Appender, EventStore
 
@@ -99,15 +102,21 @@ class RegistrarApi:
     app: Any
     registrar: Registrar
     impact_store: ImpactStore
+    parts: list[Any] = field(default_factory=list)  # more to dispose of (the console's stores)
 
     def dispose(self) -> None:
         self.registrar.store.dispose()
+        for part in self.parts:
+            part.dispose()
 
 
-def build_app(settings: Settings, upload_limit: int | None = None) -> RegistrarApi:
-    """The API over the registrar's database from `settings`.
+def build_app(
+    settings: Settings, upload_limit: int | None = None, bootstrap: str | None = None
+) -> RegistrarApi:
+    """The API over the registrar's database from `settings`, with the operator console and /readyz.
 
-    The upload limit is `upload_limit`, else ROD_MAX_UPLOAD_BYTES, else 100 MiB.
+    The upload limit is `upload_limit`, else ROD_MAX_UPLOAD_BYTES, else 100 MiB. `bootstrap`
+    is the broker (else ROD_KAFKA_BOOTSTRAP or the one `rod up` wrote down, looked up when needed).
     """
     event_store = SerialisedStore(settings.database_urls["registrar"])
     registrar = Registrar(event_store, Catalogue.load(settings.catalogue))
@@ -116,7 +125,12 @@ def build_app(settings: Settings, upload_limit: int | None = None) -> RegistrarA
     app = create_app(registrar, BatchStore(event_store.engine), impact_store,
                      upload_dir=settings.data_dir / "uploads", upload_limit=limit)
     app.include_router(reports_router(settings.data_dir / "reports"))  # the audit service's files
-    return RegistrarApi(app, registrar, impact_store)
+    institution_tokens = TokenBook(event_store.engine)
+    console = console_router(settings, lambda token: institution_tokens.lookup(token) is not None,
+                             event_store.engine, bootstrap)
+    app.include_router(console)  # /ops: operator tokens only, the gate guards /v1/ alone
+    app.include_router(readiness_router(settings, bootstrap))
+    return RegistrarApi(app, registrar, impact_store, [console.console])
 
 
 def app_from_env() -> Any:
@@ -132,7 +146,7 @@ Component = tuple[str, Callable[[threading.Event], None]]
 
 def components(settings: Settings, bootstrap: str, port: int) -> list[Component]:
     """The registrar's parts for `rod up` besides the relay: the HTTP API and the impact reader."""
-    api = build_app(settings)
+    api = build_app(settings, bootstrap=bootstrap)
     return [
         ("http", HttpServer(api.app, port).run),
         ("impact", ImpactReader(api.impact_store, settings, bootstrap).run),

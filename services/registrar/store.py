@@ -131,6 +131,19 @@ relay_offsets = Table(
 # what the receipt reader (impact.py) could not decode (kernel/deadletters.py: the same columns everywhere)
 deadletters = deadletter_table(metadata, "registrar_deadletters")
 
+# each `rod verify` verdict, so operators (the console) see when the chain was last checked and how it went
+verifications = Table(
+    "registrar_verifications",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("ok", Boolean, nullable=False),
+    Column("checked", BigInteger, nullable=False),  # the last position verified
+    Column("broken_position", BigInteger),
+    Column("code", String(40)),
+    Column("reason", Text),
+)
+
 
 def event_id_for(result_id: str, version: int) -> str:
     """Deterministic event id: what the event is (this result, this version).

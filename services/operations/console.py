@@ -1,0 +1,486 @@
+"""The operator console: `GET /ops` and its actions, mounted in the registrar's HTTP app.
+
+Server-rendered HTML (Jinja2, autoescaped), no script, no external asset; a strict
+Content-Security-Policy says so to the browser. Who may look and act: an operator, by a
+session cookie from `/ops/login` or by `Authorization: Bearer <operator token>`. An
+institution token is recognised only to answer 403 instead of 401: it never opens the console.
+
+Actions are POST forms. With a session cookie each form carries the session's CSRF token
+(compared in constant time) and a cross-site Origin is refused, so another site cannot make
+an operator's browser act; a bearer header is never sent by a browser on its own, so bearer
+requests need no CSRF token. Every action asks for a reason and is recorded on
+rod.operations.v1 (the dead-letter functions record their own).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from sqlalchemy import delete, insert, inspect, select
+from sqlalchemy.engine import Engine
+from starlette.concurrency import run_in_threadpool
+
+from services.audit.projection import reports as audit_reports
+from services.distributor.ledger import Ledger
+from services.distributor.subscriptions import load as load_subscriptions
+from services.kernel.broker import BrokerUnavailable, resolve_bootstrap
+from services.kernel.codec import Codec
+from services.kernel.database import make_engine
+from services.kernel.logging import get_logger, mask_digits
+from services.kernel.settings import Settings
+from services.operations.actions import ActionLog
+from services.operations.identity import operator_for
+from services.operations.store import OperationsStore, sessions
+from services.registrar.verify import last_verification
+
+log = get_logger("operations.console")
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+COOKIE = "rod_ops_session"
+SESSION_HOURS = 12
+FORM_LIMIT = 16 * 1024  # bytes of a console form; a reason is a sentence
+REASON_MAX = 500
+REPORTS_SHOWN = 10
+_TARGET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,119}$")
+SUBSCRIPTION_ACTIONS = {
+    "pause": {"paused": True},
+    "resume": {"paused": False},
+    # the running distributor sees the mode and sends the feed again from the start of the log
+    "replay": {"mode": "backfilling", "backfill_owner": None, "backfill_heartbeat": None},
+}
+DONE = {  # the only messages a redirect can ask the page to show: (action, outcome) → text
+    ("subscription-pause", "ok"): "paused",
+    ("subscription-resume", "ok"): "resumed",
+    ("subscription-replay", "ok"): "replay requested (the running distributor sends the feed again)",
+    ("deadletter-replay", "replayed"): "replayed",
+    ("deadletter-replay", "failed"): "replay failed again: still open, with the new reason",
+    ("deadletter-replay", "error"): "not replayed: its database or the broker is away, try again",
+    ("deadletter-replay", "not open"): "already closed: nothing changed",
+    ("deadletter-discard", "discarded"): "discarded",
+    ("deadletter-discard", "not open"): "already closed: nothing changed",
+}
+
+
+class Refused(Exception):
+    """An answer other than the page: status and a short message free of personal data."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Operator:
+    """Who is acting, and how they proved it."""
+
+    name: str
+    session: str | None = None  # hash of the session id (cookie login), None for a bearer token
+    csrf: str | None = None
+
+
+def _hash(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # SQLite hands back naive UTC
+
+
+class Console:
+    """What the console's endpoints share: stores, templates and the checks of who may act."""
+
+    def __init__(
+        self, settings: Settings, is_institution_token: Callable[[str], bool], registrar_engine: Engine,
+        bootstrap: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.is_institution_token = is_institution_token
+        self.registrar_engine = registrar_engine
+        self._bootstrap = bootstrap
+        self.store = OperationsStore(settings.database_urls["operations"])
+        self.codec = Codec()
+        self.templates = Environment(loader=FileSystemLoader(TEMPLATES),
+                                     autoescape=select_autoescape(["html"]))
+        self.templates.globals.update(fmt=fmt, tabulate=tabulate)
+        self.css = (TEMPLATES / "console.css").read_text()
+        style_hash = base64.b64encode(hashlib.sha256(self.css.encode()).digest()).decode()
+        # nothing may load or run; the one inline style block is allowed by its hash
+        self.policy = (f"default-src 'none'; style-src 'sha256-{style_hash}'; img-src 'none'; "
+                       "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+        self._lazy: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    # the other services' stores, opened on first use (read only, except the ledger's own calls)
+
+    def _once(self, key: str, make: Callable[[], Any]) -> Any:
+        with self._lock:
+            if key not in self._lazy:
+                self._lazy[key] = make()
+            return self._lazy[key]
+
+    def ledger(self) -> Ledger:
+        return self._once("ledger", lambda: Ledger(self.settings.database_urls["distributor"]))
+
+    def audit_engine(self) -> Engine:
+        return self._once("audit", lambda: make_engine(self.settings.database_urls["audit"]))
+
+    def bootstrap(self) -> str | None:
+        if self._bootstrap:
+            return self._bootstrap
+        try:
+            return resolve_bootstrap(self.settings)
+        except BrokerUnavailable:
+            return None
+
+    def dispose(self) -> None:
+        self.store.dispose()
+        for value in self._lazy.values():
+            value.dispose()
+
+    # who is asking
+
+    def identify(self, request: Request) -> Operator:
+        """The operator behind the request; Refused(401) without a credential, 403 for an institution's."""
+        header = request.headers.get("authorization")
+        if header is not None:
+            scheme, _, token = header.partition(" ")
+            token = token.strip()
+            if scheme.lower() != "bearer" or not token:
+                raise Refused(401, "Log in with an operator token.")
+            name = operator_for(self.store, token)
+            if name is not None:
+                return Operator(name)
+            if len(token) <= 256 and self.is_institution_token(token):
+                raise Refused(403, "An institution token does not open the operator console.")
+            raise Refused(401, "This token is not an operator's.")
+        session_id = request.cookies.get(COOKIE)
+        if session_id and len(session_id) <= 128:
+            digest = _hash(session_id)
+            with self.store.reading() as conn:
+                row = conn.execute(select(sessions).where(sessions.c.id_hash == digest)).first()
+            alive = row is not None and _aware(row.expires_at) > _now()
+            if alive and hmac.compare_digest(row.id_hash, digest):
+                return Operator(row.operator, row.id_hash, row.csrf)
+        raise Refused(401, "Log in with an operator token.")
+
+    def start_session(self, operator: str) -> str:
+        """A new session for `operator`; returns the id for the cookie (only its hash is stored)."""
+        session_id = secrets.token_urlsafe(32)
+        moment = _now()
+        with self.store.writing() as conn:
+            conn.execute(delete(sessions).where(sessions.c.expires_at < moment))  # the expired ones
+            conn.execute(insert(sessions).values(
+                id_hash=_hash(session_id), operator=operator, csrf=secrets.token_urlsafe(32),
+                created_at=moment, expires_at=moment + timedelta(hours=SESSION_HOURS),
+            ))
+        return session_id
+
+    def end_session(self, operator: Operator) -> None:
+        if operator.session:
+            with self.store.writing() as conn:
+                conn.execute(delete(sessions).where(sessions.c.id_hash == operator.session))
+
+    # what the page shows
+
+    def facts(self) -> dict[str, Any]:
+        """Every section of the page; one that cannot be read says so instead of failing the page."""
+        out: dict[str, Any] = {}
+        for key, read in (("overview", self._overview), ("deadletters", self._open_deadletters),
+                          ("verification", self._verification), ("reports", self._reports)):
+            try:
+                out[key] = read()
+            except Exception as exc:  # noqa: BLE001 - one section down must not hide the others
+                log.warning("console_section_failed", section=key, error=type(exc).__name__)
+                out[key] = None
+                out[f"{key}_error"] = type(exc).__name__
+        try:
+            out["subscriptions"] = (out["overview"] or {}).get("subscriptions") or self._subscriptions()
+        except Exception as exc:  # noqa: BLE001 - as above
+            log.warning("console_section_failed", section="subscriptions", error=type(exc).__name__)
+            out["subscriptions"], out["subscriptions_error"] = [], type(exc).__name__
+        return out
+
+    def _subscriptions(self) -> list[dict[str, Any]]:
+        """Each configured subscription's state and counts from the ledger (when the overview has none)."""
+        configured = load_subscriptions(codec=self.codec)
+        ledger = self.ledger()
+        with ledger.reading() as conn:
+            states = ledger.states(conn)
+        counts = ledger.counts()
+        return [{"name": s.name, "state": "paused" if states[s.name].paused else "running",
+                 **counts.get(s.name, {})} for s in configured if s.name in states]
+
+    def _overview(self) -> dict[str, Any] | None:
+        try:
+            from services.operations import overview
+        except ImportError:
+            return None
+        return overview.gather(self.settings, self.bootstrap())
+
+    def _open_deadletters(self) -> list[dict[str, Any]]:
+        from services.operations import deadletters
+
+        return [x for x in deadletters.list_all(self.settings) if x["status"] == "open"]
+
+    def _verification(self) -> dict[str, Any] | None:
+        return last_verification(self.registrar_engine)
+
+    def _reports(self) -> list[dict[str, Any]]:
+        engine = self.audit_engine()
+        if not inspect(engine).has_table(audit_reports.name):
+            return []  # the audit service has not run here yet
+        query = (select(audit_reports).order_by(audit_reports.c.generated_at.desc(), audit_reports.c.scope)
+                 .limit(REPORTS_SHOWN))
+        with engine.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(query)]
+        for row in rows:
+            row["generated_at"] = datetime.fromtimestamp(row["generated_at"] / 1000, UTC)
+        return rows
+
+    def render(self, name: str, status: int = 200, **values: Any) -> HTMLResponse:
+        html = self.templates.get_template(name).render(css=self.css, **values)
+        return HTMLResponse(html, status_code=status, headers=self.headers())
+
+    def headers(self) -> dict[str, str]:
+        return {"content-security-policy": self.policy, "x-content-type-options": "nosniff",
+                "x-frame-options": "DENY", "cache-control": "no-store", "referrer-policy": "same-origin"}
+
+    # actions
+
+    def subscription_action(self, operator: str, name: str, action: str, reason: str) -> str:
+        subscriptions = {s.name: s for s in load_subscriptions(codec=self.codec)}
+        if name not in subscriptions:
+            raise Refused(404, "No such subscription.")
+        ledger = self.ledger()
+        ledger.sync_subscriptions([(s.name, s.start) for s in subscriptions.values()])
+        if action == "replay":
+            with ledger.reading() as conn:
+                if ledger.states(conn)[name].paused:
+                    raise Refused(409, "This subscription is paused: resume it before a replay.")
+        ledger.set_subscription(name, **SUBSCRIPTION_ACTIONS[action])
+        ActionLog(self.store, self.settings, self.bootstrap()).record(
+            operator, "console", f"subscription-{action}", name, reason)
+        return "ok"
+
+    def deadletter_action(self, operator: str, letter: str, action: str, reason: str) -> str:
+        """Replay or discard one open dead letter (recorded by the dead-letter module); its outcome."""
+        from services.operations import deadletters
+
+        known = {x["id"]: x for x in deadletters.list_all(self.settings)}
+        if letter not in known:
+            raise Refused(404, "No such dead letter.")
+        if known[letter]["status"] != "open":
+            raise Refused(409, "This dead letter is closed already.")
+        bootstrap = self.bootstrap()
+        if action == "discard":
+            closed = deadletters.discard(self.settings, letter, reason, operator, "console", bootstrap)
+            return closed["outcome"]
+        if bootstrap is None:
+            raise Refused(503, "No broker is known: a replay needs one.")
+        [outcome] = deadletters.replay(self.settings, bootstrap, [letter], operator=operator, via="console",
+                                       reason=reason)
+        return outcome["outcome"]
+
+
+def fmt(value: Any) -> str:
+    """One table cell as text."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, datetime):
+        return _aware(value).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {fmt(v)}" for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return ", ".join(fmt(v) for v in value)
+    return str(value)
+
+
+def tabulate(value: Any, skip: tuple[str, ...] = ()) -> tuple[list[str], list[dict[str, Any]]]:
+    """Columns and rows for any overview section: a list of objects, objects by name, or one object."""
+    if not value:
+        return [], []
+    if isinstance(value, dict):
+        if all(isinstance(v, dict) for v in value.values()):
+            rows = [{"name": k, **v} for k, v in value.items()]
+        else:
+            rows = [value]
+    elif isinstance(value, list | tuple):
+        rows = [v if isinstance(v, dict) else {"value": v} for v in value]
+    else:
+        rows = [{"value": value}]
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(k for k in row if k not in columns and k not in skip)
+    return columns, rows
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """The urlencoded form of a POST (the only kind the console's pages send), capped in size."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/x-www-form-urlencoded":
+        raise Refused(415, "Send the form as application/x-www-form-urlencoded.")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > FORM_LIMIT:
+            raise Refused(413, "The form is too large.")
+    try:
+        parsed = parse_qs(body.decode(), keep_blank_values=True, max_num_fields=20)
+    except (UnicodeDecodeError, ValueError):
+        raise Refused(400, "The form could not be read.") from None
+    return {key: values[0] for key, values in parsed.items()}
+
+
+def _same_origin(request: Request) -> None:
+    """Refuse a POST another site's page sent (Origin, or Sec-Fetch-Site where the browser sets it)."""
+    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+        raise Refused(403, "Cross-site requests are refused.")
+    origin = request.headers.get("origin")
+    if origin is not None and origin != f"{request.url.scheme}://{request.headers.get('host', '')}":
+        raise Refused(403, "Cross-site requests are refused.")
+
+
+def _csrf(operator: Operator, form: dict[str, str]) -> None:
+    """A cookie session's form must carry its CSRF token (compared in constant time)."""
+    if operator.session is not None:
+        sent = form.get("csrf", "")
+        if not (operator.csrf and hmac.compare_digest(sent.encode(), operator.csrf.encode())):
+            raise Refused(403, "The form has expired: reload the console and try again.")
+
+
+def _checked(operator: Operator, form: dict[str, str]) -> str:
+    """The action's reason, once the CSRF token of a cookie session matches; Refused otherwise."""
+    _csrf(operator, form)
+    reason = " ".join(form.get("reason", "").split())
+    if not reason:
+        raise Refused(400, "Give a reason: it is kept with the action.")
+    if len(reason) > REASON_MAX:
+        raise Refused(400, f"A reason is at most {REASON_MAX} characters.")
+    return reason
+
+
+def console_router(
+    settings: Settings, is_institution_token: Callable[[str], bool], registrar_engine: Engine,
+    bootstrap: str | None = None,
+) -> APIRouter:
+    """`/ops`, `/ops/login`, `/ops/logout` and the actions, for the system of `settings`."""
+    router = APIRouter(tags=["operations"], include_in_schema=False)
+    console = Console(settings, is_institution_token, registrar_engine, bootstrap)
+
+    def refused(refusal: Refused) -> HTMLResponse:
+        if refusal.status == 401:
+            response = console.render("login.html", 401, message=refusal.message)
+            response.headers["www-authenticate"] = 'Bearer realm="rod-ops"'
+            return response
+        return console.render("refused.html", refusal.status, message=refusal.message)
+
+    @router.get("/ops/login")
+    def login_form() -> HTMLResponse:
+        return console.render("login.html")
+
+    @router.post("/ops/login")
+    async def login(request: Request) -> Response:
+        try:
+            _same_origin(request)
+            token = (await _form(request)).get("token", "").strip()
+            name = await run_in_threadpool(operator_for, console.store, token)
+            if name is None:
+                institution = bool(token) and len(token) <= 256 and await run_in_threadpool(
+                    console.is_institution_token, token)
+                raise Refused(403 if institution else 401,
+                              "An institution token does not open the operator console." if institution
+                              else "This token is not an operator's.")
+        except Refused as refusal:
+            return refused(refusal)
+        session_id = await run_in_threadpool(console.start_session, name)
+        log.info("operator_logged_in", operator=name)
+        response = RedirectResponse("/ops", status_code=303)
+        response.set_cookie(COOKIE, session_id, max_age=SESSION_HOURS * 3600, path="/ops", httponly=True,
+                            samesite="strict", secure=request.url.scheme == "https")
+        return response
+
+    @router.post("/ops/logout")
+    async def logout(request: Request) -> Response:
+        try:
+            operator = await run_in_threadpool(console.identify, request)
+            _same_origin(request)
+            form = await _form(request)
+            _csrf(operator, form)
+        except Refused as refusal:
+            return refused(refusal)
+        await run_in_threadpool(console.end_session, operator)
+        response = RedirectResponse("/ops/login", status_code=303)
+        response.delete_cookie(COOKIE, path="/ops", httponly=True, samesite="strict")
+        return response
+
+    @router.get("/ops")
+    def page(
+        request: Request, done: str | None = None, outcome: str = "ok", target: str | None = None
+    ) -> HTMLResponse:
+        try:
+            operator = console.identify(request)
+        except Refused as refusal:
+            return refused(refusal)
+        message = None
+        if (done, outcome) in DONE and target and _TARGET.match(target):
+            message = f"{target}: {DONE[(done, outcome)]}"
+        facts = console.facts()
+        return console.render("console.html", operator=operator, message=message, mask=mask_digits,
+                              now=_now(), **facts)
+
+    async def act(
+        request: Request, perform: Callable[[str, str], str], action: str, target: str
+    ) -> Response:
+        try:
+            operator = await run_in_threadpool(console.identify, request)
+            _same_origin(request)
+            reason = _checked(operator, await _form(request))
+            outcome = await run_in_threadpool(perform, operator.name, reason)
+        except Refused as refusal:
+            return refused(refusal)
+        log.info("operator_action", operator=operator.name, action=action, target=target, via="console",
+                 outcome=outcome)
+        query = urlencode({"done": action, "outcome": outcome, "target": target})
+        return RedirectResponse(f"/ops?{query}", status_code=303)
+
+    @router.post("/ops/subscriptions/{name}/{action}")
+    async def subscription(request: Request, name: str, action: str) -> Response:
+        if action not in SUBSCRIPTION_ACTIONS or not _TARGET.match(name):
+            return refused(Refused(404, "No such action."))
+        return await act(request, lambda who, why: console.subscription_action(who, name, action, why),
+                         f"subscription-{action}", name)
+
+    @router.post("/ops/deadletters/{letter}/{action}")
+    async def deadletter(request: Request, letter: str, action: str) -> Response:
+        if action not in ("replay", "discard") or not _TARGET.match(letter):
+            return refused(Refused(404, "No such action."))
+        return await act(request, lambda who, why: console.deadletter_action(who, letter, action, why),
+                         f"deadletter-{action}", letter)
+
+    router.console = console  # type: ignore[attr-defined]  # for build_app's dispose
+    return router

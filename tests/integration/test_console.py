@@ -1,0 +1,273 @@
+"""The operator console `/ops` over real HTTP (uvicorn), with the relay and the distributor running
+on the real local broker: who may look and act, the actions and their record on
+rod.operations.v1, and the page in a real headless Chromium."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from services.audit.periods import Period
+from services.distributor.ledger import Ledger
+from services.distributor.loop import Distributor
+from services.kernel.codec import Codec
+from services.kernel.settings import Settings
+from services.operations.actions import TOPIC
+from services.operations.identity import add_operator
+from services.operations.store import OperationsStore, actions
+from services.registrar.relay import Relay
+from services.registrar.store import EventStore
+from tests.integration.apiserver import RunningApi, registration, running_api
+from tests.support import PERSON_NUMBERS, read_topic, run_rod, settings_env
+
+CHROMIUM = os.environ.get("ROD_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+FORM = "application/x-www-form-urlencoded"
+
+
+@dataclass
+class Ops:
+    api: RunningApi
+    settings: Settings
+    operator_token: str
+
+    def client(self, token: str | None = None, **kwargs: object) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.api.url, headers=headers, timeout=60, **kwargs)
+
+    def paused(self, name: str) -> bool:
+        ledger = Ledger(self.settings.database_urls["distributor"])
+        try:
+            with ledger.reading() as conn:
+                return ledger.states(conn)[name].paused
+        finally:
+            ledger.dispose()
+
+    def recorded(self) -> int:
+        """Operator actions stored so far (a refused request must not add one)."""
+        store = OperationsStore(self.settings.database_urls["operations"])
+        try:
+            with store.reading() as conn:
+                return conn.execute(select(func.count()).select_from(actions)).scalar_one()
+        finally:
+            store.dispose()
+
+    def published_actions(self, at_least: int) -> list[dict]:
+        records = read_topic(self.settings.kafka_bootstrap or "", self.settings.topic(TOPIC), at_least)
+        return [Codec().decode(r.value)[1] for r in records]
+
+
+@pytest.fixture
+def ops(tmp_path: Path, broker: str) -> Iterator[Ops]:
+    """The HTTP app with the console, the relay and a (solo) distributor, and one operator, alice."""
+    settings = Settings.from_env({
+        "ROD_DATA_DIR": str(tmp_path / "var"), "ROD_KAFKA_BOOTSTRAP": broker,
+        "ROD_DATABASE_URL": f"sqlite:///{tmp_path / 'rod.db'}",
+        "ROD_TOPIC_PREFIX": f"t{uuid.uuid4().hex[:10]}.",
+    })
+    operations = OperationsStore(settings.database_urls["operations"])
+    token = add_operator(operations, "alice", "test")
+    operations.dispose()
+    stop = threading.Event()
+    relay = Relay(EventStore(settings.database_urls["registrar"]), settings, broker)
+    distributor = Distributor(settings, broker, group=False)
+    workers = [threading.Thread(target=relay.run, args=(stop,), daemon=True),
+               threading.Thread(target=distributor.run, args=(stop,), daemon=True)]
+    for worker in workers:
+        worker.start()
+    try:
+        with running_api(settings, bootstrap=broker) as api:
+            yield Ops(api, dataclasses.replace(settings, catalogue=api.settings.catalogue), token)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(30)
+        relay.close()
+        distributor.close()
+
+
+def _csrf(html: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found, "the page's forms carry a CSRF token"
+    return found.group(1)
+
+
+def _login(ops: Ops, client: httpx.Client) -> str:
+    """Log `client` in at /ops/login as alice; returns the page's CSRF token."""
+    answer = client.post("/ops/login", data={"token": ops.operator_token})
+    assert answer.status_code == 303 and answer.headers["location"] == "/ops"
+    page = client.get("/ops")
+    assert page.status_code == 200
+    return _csrf(page.text)
+
+
+def test_ops_is_401_with_the_login_form_403_for_an_institution_and_200_for_an_operator(ops: Ops) -> None:
+    with ops.client() as anonymous:
+        answer = anonymous.get("/ops")
+        assert answer.status_code == 401
+        assert '<form method="post" action="/ops/login">' in answer.text and 'name="token"' in answer.text
+        assert anonymous.get("/ops/login").status_code == 200
+    with ops.client(ops.api.tokens["25BE"]) as institution:
+        assert institution.get("/ops").status_code == 403
+        assert institution.post("/ops/subscriptions/cibg-big/pause", data={"reason": "x"}).status_code == 403
+    with ops.client("not-a-token") as stranger:
+        assert stranger.get("/ops").status_code == 401
+    with ops.client() as browser:
+        assert browser.post("/ops/login", data={"token": ops.api.tokens["25BE"]}).status_code == 403
+        assert browser.post("/ops/login", data={"token": "wrong"}).status_code == 401
+    with ops.client(ops.operator_token) as operator:
+        page = operator.get("/ops")
+    assert page.status_code == 200
+    policy = page.headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "script-src" not in policy and "form-action 'self'" in policy
+    assert all(f'id="subscription-{name}"' in page.text for name in ("cibg-big", "mijnoverheid", "extract"))
+
+    with ops.client() as browser:
+        answer = browser.post("/ops/login", data={"token": ops.operator_token})
+        cookie = answer.headers["set-cookie"]
+        assert answer.status_code == 303
+        assert all(part in cookie for part in ("HttpOnly", "SameSite=strict", "Path=/ops"))
+        assert ops.operator_token not in cookie  # a session id, never the token
+        assert browser.get("/ops").status_code == 200
+        csrf = _csrf(browser.get("/ops").text)
+        assert browser.post("/ops/logout", data={"csrf": csrf}).status_code == 303
+        assert browser.get("/ops").status_code == 401  # the session is gone, not only the cookie
+
+
+def test_every_console_action_works_with_an_operator_token_and_is_on_rod_operations(ops: Ops) -> None:
+    with ops.client(ops.operator_token) as operator:
+        for action, reason in (("pause", "CIBG maintenance window"), ("resume", "maintenance over"),
+                               ("replay", "CIBG lost a day of messages")):
+            answer = operator.post(f"/ops/subscriptions/cibg-big/{action}", data={"reason": reason})
+            assert answer.status_code == 303, answer.text
+            assert answer.headers["location"].startswith("/ops?done=subscription-")
+            if action == "pause":
+                assert ops.paused("cibg-big")
+                page = operator.get(answer.headers["location"])
+                assert "cibg-big: paused" in page.text
+            if action == "resume":
+                assert not ops.paused("cibg-big")
+        assert operator.post("/ops/subscriptions/nope/pause", data={"reason": "x"}).status_code == 404
+    published = ops.published_actions(3)
+    assert [(a["operator"], a["via"], a["action"], a["target"], a["reason"]) for a in published] == [
+        ("alice", "console", "subscription-pause", "cibg-big", "CIBG maintenance window"),
+        ("alice", "console", "subscription-resume", "cibg-big", "maintenance over"),
+        ("alice", "console", "subscription-replay", "cibg-big", "CIBG lost a day of messages"),
+    ]
+
+
+def test_an_operator_token_cannot_register_or_delete_a_result(ops: Ops) -> None:
+    with ops.api.client("25BE") as institution:
+        registered = institution.post("/v1/results", json=registration())
+    assert registered.status_code == 201
+    result_id = registered.json()["result_id"]
+    before = ops.api.events()
+    with ops.client(ops.operator_token) as operator:
+        answer = operator.post("/v1/results", json=registration(diploma_number="API-2"))
+        assert answer.status_code in (401, 403)
+        deletion = {"reason": "ADMINISTRATIVE_ERROR"}
+        answer = operator.post(f"/v1/results/{result_id}/deletions", json=deletion)
+        assert answer.status_code in (401, 403)
+    assert ops.api.events() == before
+
+
+def test_a_refused_action_changes_nothing(ops: Ops) -> None:
+    with ops.client() as browser:
+        csrf = _login(ops, browser)
+        recorded = ops.recorded()
+        url = "/ops/subscriptions/mijnoverheid/pause"
+        assert browser.post(url, data={"csrf": csrf}).status_code == 400  # no reason
+        assert browser.post(url, data={"csrf": csrf, "reason": "   "}).status_code == 400
+        assert browser.post(url, data={"csrf": "forged", "reason": "why"}).status_code == 403
+        assert browser.post(url, data={"reason": "why"}).status_code == 403  # no CSRF token at all
+        cross_site = {"origin": "https://evil.example"}
+        assert browser.post(url, data={"csrf": csrf, "reason": "why"}, headers=cross_site).status_code == 403
+        assert not ops.paused("mijnoverheid") and ops.recorded() == recorded
+        same_site = {"origin": ops.api.url}
+        answer = browser.post(url, data={"csrf": csrf, "reason": "night run"}, headers=same_site)
+        assert answer.status_code == 303 and ops.paused("mijnoverheid")
+        assert ops.recorded() == recorded + 1
+
+
+def test_the_console_shows_the_last_verify_and_reports_and_no_person_number(ops: Ops) -> None:
+    with ops.api.client("25BE") as institution:
+        for i, person in enumerate(PERSON_NUMBERS[:4]):
+            body = registration(person={"bsn": person}, diploma_number=f"PN-{i}")
+            assert institution.post("/v1/results", json=body).status_code == 201
+    env = settings_env(ops.settings)
+    verified = run_rod("verify", env=env, check=True)
+    assert "4 events verified" in verified.stdout
+    period = Period.containing(datetime.now(UTC)).id
+    run_rod("report", "--period", period, env=env, check=True)
+    with ops.client(ops.operator_token) as operator:
+        page = operator.get("/ops")
+    assert page.status_code == 200
+    assert "chain intact</span> up to position 4" in page.text
+    assert f"<td>{period}</td>" in page.text and "<td>25BE</td>" in page.text  # the reports just published
+    assert not [n for n in PERSON_NUMBERS if n in page.text]
+
+
+def test_the_console_in_headless_chromium_logs_in_shows_the_chain_and_pauses_and_resumes(
+    ops: Ops, tmp_path: Path
+) -> None:
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium); no browser is downloaded")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    requests: list[str] = []
+    problems: list[str] = []
+    # the screenshot is kept: under the test's tmp dir, and copied to $ROD_TEST_ARTIFACTS when set
+    screenshot = tmp_path / "ops-console.png"
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.on("request", lambda request: requests.append(request.url))
+            page.on("console",
+                    lambda message: problems.append(message.text) if message.type == "error" else None)
+            page.on("pageerror", lambda error: problems.append(str(error)))
+            page.goto(f"{ops.api.url}/ops/login")
+            page.fill("input[name=token]", ops.operator_token)
+            page.click("button[type=submit]")
+            page.wait_for_url(f"{ops.api.url}/ops")
+            assert page.locator("#operator").inner_text() == "alice"
+            assert page.locator("#topics h2").is_visible()
+            row = page.locator("#subscription-cibg-big")
+            assert row.is_visible() and row.locator("td").nth(1).inner_text() == "running"
+
+            row.locator("input[name=reason]").fill("CIBG maintenance window")
+            row.get_by_role("button", name="Pause").click()
+            page.wait_for_url(re.compile(r".*/ops\?done=subscription-pause.*"))
+            assert page.locator("#message").inner_text() == "cibg-big: paused"
+            row = page.locator("#subscription-cibg-big")
+            assert row.locator("td").nth(1).inner_text() == "paused" and ops.paused("cibg-big")
+            page.screenshot(path=str(screenshot), full_page=True)
+
+            row.locator("input[name=reason]").fill("maintenance over")
+            row.get_by_role("button", name="Resume").click()
+            page.wait_for_url(re.compile(r".*/ops\?done=subscription-resume.*"))
+            assert page.locator("#subscription-cibg-big td").nth(1).inner_text() == "running"
+            assert not ops.paused("cibg-big")
+            assert page.evaluate("document.scripts.length") == 0
+        finally:
+            browser.close()
+    if os.environ.get("ROD_TEST_ARTIFACTS"):
+        target = Path(os.environ["ROD_TEST_ARTIFACTS"])
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy(screenshot, target / screenshot.name)
+    assert screenshot.stat().st_size > 10_000
+    assert requests and all(url.startswith(ops.api.url + "/") for url in requests)  # nothing from elsewhere
+    assert problems == []  # no script errors, nothing blocked by the page's policy
+    actions_seen = [(a["operator"], a["via"], a["action"]) for a in ops.published_actions(2)]
+    assert actions_seen == [("alice", "console", "subscription-pause"),
+                            ("alice", "console", "subscription-resume")]
