@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,8 +23,10 @@ from sqlalchemy import func, select
 from services.audit.periods import Period
 from services.distributor.ledger import Ledger
 from services.distributor.loop import Distributor
+from services.kernel import kafka
 from services.kernel.codec import Codec
 from services.kernel.settings import Settings
+from services.operations import deadletters
 from services.operations.actions import TOPIC
 from services.operations.identity import add_operator
 from services.operations.store import OperationsStore, actions
@@ -165,6 +168,42 @@ def test_every_console_action_works_with_an_operator_token_and_is_on_rod_operati
         ("alice", "console", "subscription-resume", "cibg-big", "maintenance over"),
         ("alice", "console", "subscription-replay", "cibg-big", "CIBG lost a day of messages"),
     ]
+
+
+def _open_letter(ops: Ops) -> str:
+    """The id of the dead letter the running distributor makes of a poison message (with a person number)."""
+    kafka.ensure_topics(ops.settings, ops.settings.kafka_bootstrap or "", ["rod.results.v1"])
+    producer = kafka.producer(ops.settings.kafka_bootstrap or "")
+    producer.send(ops.settings.topic("rod.results.v1"), key=b"poison", value=b"bsn 111222333 is not Avro",
+                  partition=0).get(timeout=10)
+    producer.close()
+    deadline = time.monotonic() + 60
+    while not (letters := deadletters.open_ids(ops.settings)):
+        assert time.monotonic() < deadline, "the distributor did not record the poison message"
+        time.sleep(0.2)
+    return letters[0]
+
+
+def test_dead_letters_are_shown_and_replayed_or_discarded_from_the_console(ops: Ops) -> None:
+    letter = _open_letter(ops)
+    with ops.client() as browser:
+        csrf = _login(ops, browser)
+        page = browser.get("/ops")
+        assert f'id="deadletter-{letter}"' in page.text and "NOT_SINGLE_OBJECT" in page.text
+        assert not [n for n in PERSON_NUMBERS if n in page.text]
+        url = f"/ops/deadletters/{letter}"
+        assert browser.post(f"{url}/discard", data={"csrf": csrf}).status_code == 400  # no reason
+        answer = browser.post(f"{url}/replay", data={"csrf": csrf, "reason": "try it once more"})
+        assert answer.status_code == 303 and "outcome=failed" in answer.headers["location"]
+        assert "replay failed again" in browser.get(answer.headers["location"]).text
+        assert deadletters.open_ids(ops.settings) == [letter]  # still open, never re-queued by itself
+        answer = browser.post(f"{url}/discard", data={"csrf": csrf, "reason": "garbage from a test tool"})
+        assert answer.status_code == 303 and "outcome=discarded" in answer.headers["location"]
+        assert deadletters.open_ids(ops.settings) == []
+        assert browser.post(f"{url}/discard", data={"csrf": csrf, "reason": "again"}).status_code == 409
+    published = [(a["operator"], a["via"], a["action"], a["target"]) for a in ops.published_actions(2)]
+    assert published == [("alice", "console", "deadletter-replay", letter),
+                         ("alice", "console", "deadletter-discard", letter)]
 
 
 def test_an_operator_token_cannot_register_or_delete_a_result(ops: Ops) -> None:
