@@ -280,7 +280,8 @@ def test_the_console_in_headless_chromium_logs_in_shows_the_chain_and_pauses_and
             page.click("button[type=submit]")
             page.wait_for_url(f"{ops.api.url}/ops")
             assert page.locator("#operator").inner_text() == "alice"
-            assert page.locator("#topics h2").is_visible()
+            results_topic = page.locator("#topics td", has_text=ops.settings.topic("rod.results.v1"))
+            assert results_topic.first.is_visible()  # the topics as `rod topics` lists them
             row = page.locator("#subscription-cibg-big")
             assert row.is_visible() and row.locator("td").nth(1).inner_text() == "running"
 
