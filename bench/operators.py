@@ -120,6 +120,20 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.kill()
 
 
+def wait_caught_up(port: int, timeout: float = 1800.0) -> float:
+    """Seconds until every consumer group's lag on /metrics is 0 (the registrar's receipt
+    reader, which the fill did not run, reads every receipt first: minutes at full size)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+        lags = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                if line.startswith("rod_consumer_lag_messages{")]
+        if lags and sum(lags) == 0:
+            return time.monotonic() - started
+        time.sleep(5)
+    raise RuntimeError("the consumers did not catch up")
+
+
 def topics_times(env: dict[str, str], runs: int = 5) -> tuple[list[float], dict]:
     rod = Path(sys.executable).with_name("rod")
     times, view = [], {}
@@ -208,7 +222,7 @@ def main() -> None:
 
         proc, port = rod_up(env_for(settings, ROD_MONITOR_INTERVAL_SECONDS="5"))
         try:
-            time.sleep(15)  # the monitor's first overviews, the readers joined their groups
+            print(f"rod up: every consumer group caught up after {wait_caught_up(port):.0f} s", flush=True)
             times, view = topics_times(env_for(settings))
             print(f"rod topics --json: dead letters {view['deadletters']}; "
                   f"load average {os.getloadavg()[0]:.1f}")
