@@ -127,6 +127,7 @@ def test_a_live_scrape_covers_every_service_and_carries_no_personal_data(
         names = named_metrics()
         scrape = _wait_for(url, lambda s: (
             all(n in s for n in names) and total(s, "rod_feed_messages_total", 'kind="withdrawal"') >= 3
+            and total(s, "rod_audit_projected_total", 'kind="event"') >= 4
             and bool(s.get("rod_subscription_pending_events"))
             and any('group="rod-distributor"' in ls for ls, _v in s.get("rod_consumer_lag_messages", []))))
     finally:
@@ -145,7 +146,7 @@ def test_a_live_scrape_covers_every_service_and_carries_no_personal_data(
     assert total(found, "rod_relay_published_events_total") >= 4
     assert total(found, "rod_relay_lag_events") == 0
     assert total(found, "rod_chain_broken") == 0
-    assert total(found, "rod_chain_verified_position") >= 3
+    assert total(found, "rod_chain_verified_position") >= 4
     assert total(found, "rod_audit_projected_total", 'kind="event"') >= 4
     assert {"distributor", "audit", "registrar"} <= {
         dict(_LABELS.findall(labels))["service"] for labels, _v in found["rod_deadletters_open"]}
