@@ -53,7 +53,8 @@ class Ops:
         ledger = Ledger(self.settings.database_urls["distributor"])
         try:
             with ledger.reading() as conn:
-                return ledger.states(conn)[name].paused
+                state = ledger.states(conn).get(name)  # absent until a distributor or action syncs it
+            return state is not None and state.paused
         finally:
             ledger.dispose()
 
