@@ -8,21 +8,14 @@ import threading
 import click
 
 from services.audit import cli as audit_cli
-from services.audit.service import AuditService
 from services.distributor import cli as distributor_cli
-from services.distributor.loop import Distributor
 from services.kernel import kafka
 from services.kernel import logging as rod_logging
 from services.kernel.broker import DEFAULT_PORT, LocalBroker, free_port
 from services.kernel.settings import Settings
 from services.operations import cli as operations_cli
 from services.operations import deadletter_cli
-from services.operations.actions import ActionLog
-from services.operations.store import OperationsStore
 from services.registrar import cli as registrar_cli
-from services.registrar import serve as registrar_serve
-from services.registrar.relay import Relay
-from services.registrar.store import EventStore
 
 
 @click.group()
@@ -44,6 +37,17 @@ def main(ctx: click.Context, data_dir: str | None) -> None:
 @click.pass_context
 def up(ctx: click.Context, port: int, data_dir: str | None) -> None:
     """Start the whole system in the foreground; Ctrl-C stops it cleanly."""
+    # the running system's parts are imported here: other commands (rod topics) start faster without them
+    from services.audit.service import AuditService
+    from services.distributor.loop import Distributor
+    from services.operations import metrics as operations_metrics
+    from services.operations.actions import ActionLog
+    from services.operations.overview import Monitor
+    from services.operations.store import OperationsStore
+    from services.registrar import serve as registrar_serve
+    from services.registrar.relay import Relay
+    from services.registrar.store import EventStore
+
     settings = Settings.from_env(data_dir=data_dir) if data_dir else ctx.obj["settings"]
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     log = rod_logging.get_logger("up")
@@ -73,8 +77,6 @@ def up(ctx: click.Context, port: int, data_dir: str | None) -> None:
         relay = Relay(EventStore(settings.database_urls["registrar"]), settings, bootstrap)
         distributor = Distributor(settings, bootstrap)
         audit = AuditService(settings, bootstrap)
-        from services.operations import metrics as operations_metrics  # here: only `rod up` samples
-        from services.operations.overview import Monitor
 
         # samples the groups for `rod topics`' window; /metrics exports its last overview
         monitor = Monitor(settings, bootstrap)
