@@ -37,7 +37,7 @@ from services.audit.projection import Batch, Projection, events
 from services.kernel import kafka
 from services.kernel.codec import Codec, DecodeError
 from services.kernel.deadletters import TOPIC as DEADLETTER_TOPIC
-from services.kernel.deadletters import dead_letter, is_transient, send
+from services.kernel.deadletters import dead_letter, is_transient
 from services.kernel.logging import get_logger
 from services.kernel.settings import Settings
 
@@ -142,24 +142,11 @@ class AuditReader:
     def publish_dead_letters(self) -> int:
         """Publish the stored letters not yet on rod.deadletter.v1, then mark them published."""
         self.letters_waiting = False
-        book = self.projection.deadletters
-        letters = book.unpublished()
-        if not letters:
-            return 0
-        producer = kafka.producer(self.bootstrap, max_block_ms=10_000)
         try:
-            futures = [send(producer, self.settings.topic(DEADLETTER_TOPIC), x,
-                            self.settings.topic(x.topic), SERVICE) for x in letters]
-            producer.flush(timeout=15)
-            for future in futures:
-                future.get(timeout=0)
+            return self.projection.deadletters.publish_waiting(self.settings, self.bootstrap)
         except Exception:
             self.letters_waiting = True  # the next step tries again
             raise
-        finally:
-            producer.close(timeout=5)
-        book.mark_published(None, letters)
-        return len(letters)
 
     def step(self, consumer: KafkaConsumer, writer: _Writer, timeout_ms: int = 200) -> int:
         """One poll, decoded and handed to the writer; the number of messages it brought."""

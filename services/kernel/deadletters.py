@@ -42,7 +42,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
+from services.kernel import kafka
 from services.kernel.database import writing
+from services.kernel.settings import Settings
 
 TOPIC = "rod.deadletter.v1"
 OPEN, REPLAYED, DISCARDED = "open", "replayed", "discarded"
@@ -248,6 +250,26 @@ class DeadLetterBook:
                 .where(and_(t.c.topic == x.topic, t.c.partition == x.partition, t.c.offset == x.offset))
                 .values(published=True)
             )
+
+    def publish_waiting(self, settings: Settings, bootstrap: str) -> int:
+        """Send the letters not yet on rod.deadletter.v1, check every send, then mark them published.
+
+        A broker that is away raises; the letters stay unpublished and the next call sends them.
+        """
+        letters = self.unpublished()
+        if not letters:
+            return 0
+        producer = kafka.producer(bootstrap, max_block_ms=10_000)
+        try:
+            topic = settings.topic(TOPIC)
+            futures = [send(producer, topic, x, settings.topic(x.topic), self.service) for x in letters]
+            producer.flush(timeout=15)
+            for future in futures:
+                future.get(timeout=0)
+        finally:
+            producer.close(timeout=5)
+        self.mark_published(None, letters)
+        return len(letters)
 
     def list(self) -> list[Any]:
         with self.engine.connect() as conn:

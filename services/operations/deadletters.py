@@ -228,27 +228,6 @@ class _Record:
         self.value = _value(row)
 
 
-def _publish_again(settings: Settings, bootstrap: str, found: DeadLetterBook) -> None:
-    """A failed replay's new attempt goes on rod.deadletter.v1 too (rod.attempt says which)."""
-    from services.kernel import kafka
-    from services.kernel.deadletters import TOPIC, send
-
-    letters = found.unpublished()
-    if not letters:
-        return
-    producer = kafka.producer(bootstrap, max_block_ms=10_000)
-    try:
-        futures = [
-            send(producer, settings.topic(TOPIC), x, settings.topic(x.topic), found.service) for x in letters
-        ]
-        producer.flush(timeout=15)
-        for future in futures:
-            future.get(timeout=0)
-    finally:
-        producer.close(timeout=5)
-    found.mark_published(None, letters)
-
-
 def _action_log(settings: Settings, bootstrap: str | None) -> Any:
     from services.operations.actions import ActionLog
     from services.operations.store import OperationsStore
@@ -311,7 +290,7 @@ def _replay_one(
                     "failed": True}
         letter = found.record_failed_replay(number, exc)
         with contextlib.suppress(Exception):  # broker away: the service publishes it on its next start
-            _publish_again(settings, bootstrap, found)
+            found.publish_waiting(settings, bootstrap)  # the new attempt too (rod.attempt says which)
         code, message = (letter.error_code, letter.error_message) if letter else ("?", "")
         return {**base, "outcome": "failed", "detail": f"{code}: {message}", "reason": {"code": code,
                 "message": message}, "attempt": letter.attempt if letter else None, "failed": True}

@@ -30,7 +30,7 @@ from services.kernel import kafka
 from services.kernel.codec import Codec, DecodeError
 from services.kernel.database import writing
 from services.kernel.deadletters import TOPIC as DEADLETTER_TOPIC
-from services.kernel.deadletters import DeadLetter, DeadLetterBook, add_missing_columns, dead_letter, send
+from services.kernel.deadletters import DeadLetter, DeadLetterBook, add_missing_columns, dead_letter
 from services.kernel.logging import get_logger
 from services.kernel.settings import Settings
 from services.registrar.batches import create_tables
@@ -190,21 +190,7 @@ class ImpactReader:
 
     def publish_dead_letters(self) -> int:
         """Publish the stored letters not yet on rod.deadletter.v1, then mark them published."""
-        book = self.store.deadletters
-        letters = book.unpublished()
-        if not letters:
-            return 0
-        producer = kafka.producer(self.bootstrap, max_block_ms=10_000)
-        try:
-            futures = [send(producer, self.settings.topic(DEADLETTER_TOPIC), x,
-                            self.settings.topic(x.topic), SERVICE) for x in letters]
-            producer.flush(timeout=15)
-            for future in futures:
-                future.get(timeout=0)
-        finally:
-            producer.close(timeout=5)
-        book.mark_published(None, letters)
-        return len(letters)
+        return self.store.deadletters.publish_waiting(self.settings, self.bootstrap)
 
     def poll_once(self, consumer: Any, timeout_ms: int = 200) -> int:
         """One poll: receipts and dead letters stored together, offsets committed, letters sent."""
