@@ -148,6 +148,9 @@ def test_a_poison_message_is_one_dead_letter_per_consuming_service_and_the_next_
     table = run_rod("deadletter", "list", env=env, check=True).stdout
     assert "3 open of 3" in table
     assert_no_person_number(table + json.dumps(letters))
+    topics = run_rod("topics", "--json", env=env)
+    assert topics.returncode == 1 and json.loads(topics.stdout)["deadletters"]["open"] == 3
+    assert_no_person_number(topics.stdout)
 
     target = next(x["id"] for x in letters if x["service"] == "distributor")
     done = run_rod("deadletter", "discard", target, "--reason", "garbage from a test producer",
@@ -160,6 +163,10 @@ def test_a_poison_message_is_one_dead_letter_per_consuming_service_and_the_next_
     assert [(a["target"], a["operator"], a["reason"]) for a in action][:1] == [
         (target, "nightshift", "garbage from a test producer")
     ]
+    for other in [x["id"] for x in letters if x["id"] != target]:
+        run_rod("deadletter", "discard", other, "--reason", "test garbage", env=env, check=True)
+    topics = run_rod("topics", "--json", env=env)  # nothing open: rod topics no longer asks for attention
+    assert json.loads(topics.stdout)["deadletters"]["open"] == 0 and topics.returncode == 0, topics.stdout
 
 
 def _v2_schema(folder: Path) -> Path:
