@@ -30,13 +30,33 @@ def main(ctx: click.Context, data_dir: str | None) -> None:
     ctx.obj = {"settings": settings}
 
 
+COMPONENTS = ("relay", "distributor", "audit", "monitor", "http", "impact")
+
+
+def _components(_ctx: click.Context, _param: click.Parameter, text: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    unknown = [n for n in names if n not in COMPONENTS]
+    if unknown or not names:
+        raise click.BadParameter(f"unknown component {', '.join(unknown) or '(none)'}; "
+                                 f"choose from {','.join(COMPONENTS)}")
+    return names
+
+
 @main.command()
 @click.option("--port", default=8080, show_default=True, help="HTTP port of the API.")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="Same as the global --data-dir.")
+@click.option("--components", "wanted", default=",".join(COMPONENTS), show_default=True, callback=_components,
+              help="Which parts run in this process, comma-separated: run several `rod up` with "
+                   "different parts to spread the system over processes (e.g. http,relay,impact,monitor "
+                   "and distributor and audit). Without ROD_KAFKA_BOOTSTRAP a process that is not "
+                   "given every part joins the local broker another `rod up` started on the data dir.")
+@click.option("--metrics-port", type=int, default=None,
+              help="Serve this process's /metrics on this port (for a process without http).")
 @click.pass_context
-def up(ctx: click.Context, port: int, data_dir: str | None) -> None:
-    """Start the whole system in the foreground; Ctrl-C stops it cleanly."""
+def up(ctx: click.Context, port: int, data_dir: str | None, wanted: tuple[str, ...],
+       metrics_port: int | None) -> None:
+    """Start the system (or the parts named by --components) in the foreground; Ctrl-C stops it cleanly."""
     # the running system's parts are imported here: other commands (rod topics) start faster without them
     from services.audit.service import AuditService
     from services.distributor.loop import Distributor
@@ -51,8 +71,10 @@ def up(ctx: click.Context, port: int, data_dir: str | None) -> None:
     settings = Settings.from_env(data_dir=data_dir) if data_dir else ctx.obj["settings"]
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     log = rod_logging.get_logger("up")
-    if free_port(port) != port:
+    if "http" in wanted and free_port(port) != port:
         raise click.ClickException(f"port {port} is taken on 127.0.0.1: choose another with --port")
+    if metrics_port is not None and free_port(metrics_port) != metrics_port:
+        raise click.ClickException(f"port {metrics_port} is taken on 127.0.0.1: choose another")
     stop = threading.Event()
     asked_to_stop = threading.Event()  # stop without this: a component ended by itself
 
@@ -65,6 +87,9 @@ def up(ctx: click.Context, port: int, data_dir: str | None) -> None:
 
     broker = None
     bootstrap = settings.kafka_bootstrap
+    if bootstrap is None and set(wanted) != set(COMPONENTS) and settings.bootstrap_file.exists():
+        bootstrap = settings.bootstrap_file.read_text().strip()  # a part: the broker another rod up runs
+        click.echo(f"joining the local broker on {bootstrap} (from {settings.bootstrap_file})")
     if bootstrap is None:
         broker = LocalBroker(free_port(DEFAULT_PORT), log_path=settings.data_dir / "broker.log")
         bootstrap = broker.start()
@@ -72,37 +97,44 @@ def up(ctx: click.Context, port: int, data_dir: str | None) -> None:
         click.echo(f"local broker on {bootstrap} (memory storage; written to {settings.bootstrap_file})")
     try:
         kafka.ensure_topics(settings, bootstrap)
-        operations = OperationsStore(settings.database_urls["operations"])
-        ActionLog(operations, settings, bootstrap).publish_pending()  # actions taken while it was down
-        relay = Relay(EventStore(settings.database_urls["registrar"]), settings, bootstrap)
-        distributor = Distributor(settings, bootstrap)
-        audit = AuditService(settings, bootstrap)
+        if "http" in wanted:  # the console records actions; publish those taken while it was down
+            operations = OperationsStore(settings.database_urls["operations"])
+            ActionLog(operations, settings, bootstrap).publish_pending()
+        parts: dict[str, object] = {}  # what needs closing after its thread ended
+        runs: list[tuple[str, object]] = []
+        if "relay" in wanted:
+            parts["relay"] = Relay(EventStore(settings.database_urls["registrar"]), settings, bootstrap)
+        if "distributor" in wanted:
+            parts["distributor"] = Distributor(settings, bootstrap)
+        if "audit" in wanted:
+            parts["audit"] = AuditService(settings, bootstrap)
+        runs += [(name, part.run) for name, part in parts.items()]  # type: ignore[attr-defined]
+        if "monitor" in wanted:
+            # samples the groups for `rod topics`' window; /metrics exports its last overview
+            monitor = Monitor(settings, bootstrap)
+            operations_metrics.install(monitor, settings)
+            runs.append(("monitor", monitor.run))
+        if "http" in wanted or "impact" in wanted:
+            runs += registrar_serve.components(settings, bootstrap, port,
+                                               [n for n in ("http", "impact") if n in wanted])
+        if metrics_port is not None:
+            from prometheus_client import start_http_server
 
-        # samples the groups for `rod topics`' window; /metrics exports its last overview
-        monitor = Monitor(settings, bootstrap)
-        operations_metrics.install(monitor, settings)
+            start_http_server(metrics_port, addr="127.0.0.1")  # a daemon thread; ends with the process
         # Each component runs until `stop` is set; add new services here.
-        workers = [
-            threading.Thread(target=relay.run, args=(stop,), name="relay", daemon=True),
-            threading.Thread(target=distributor.run, args=(stop,), name="distributor", daemon=True),
-            threading.Thread(target=audit.run, args=(stop,), name="audit", daemon=True),
-            threading.Thread(target=monitor.run, args=(stop,), name="monitor", daemon=True),
-            *(threading.Thread(target=run, args=(stop,), name=name, daemon=True)
-              for name, run in registrar_serve.components(settings, bootstrap, port)),
-        ]
+        workers = [threading.Thread(target=run, args=(stop,), name=name, daemon=True) for name, run in runs]
         for worker in workers:
             worker.start()
-        log.info("rodchain_up", bootstrap=bootstrap, data_dir=str(settings.data_dir))
-        click.echo(f"rodchain up: HTTP API on http://127.0.0.1:{port}, data in {settings.data_dir}; "
-                   "Ctrl-C to stop")
+        log.info("rodchain_up", bootstrap=bootstrap, data_dir=str(settings.data_dir), components=list(wanted))
+        front = f"HTTP API on http://127.0.0.1:{port}" if "http" in wanted else f"running {','.join(wanted)}"
+        click.echo(f"rodchain up: {front}, data in {settings.data_dir}; Ctrl-C to stop")
         while not stop.wait(1):
             pass
         click.echo("stopping")
         for worker in workers:
             worker.join(timeout=30)
-        relay.close()
-        distributor.close()
-        audit.close()
+        for part in parts.values():
+            part.close()  # type: ignore[attr-defined]
     finally:
         if broker:
             broker.stop()

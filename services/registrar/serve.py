@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -144,10 +144,13 @@ def app_from_env() -> Any:
 Component = tuple[str, Callable[[threading.Event], None]]
 
 
-def components(settings: Settings, bootstrap: str, port: int) -> list[Component]:
-    """The registrar's parts for `rod up` besides the relay: the HTTP API and the impact reader."""
+def components(settings: Settings, bootstrap: str, port: int,
+               names: Collection[str] = ("http", "impact")) -> list[Component]:
+    """The registrar's parts for `rod up` besides the relay: the HTTP API and the impact reader
+    (those of them in `names`)."""
     api = build_app(settings, bootstrap=bootstrap)
-    return [
-        ("http", HttpServer(api.app, port).run),
-        ("impact", ImpactReader(api.impact_store, settings, bootstrap).run),
-    ]
+    parts: dict[str, Callable[[], Callable[[threading.Event], None]]] = {
+        "http": lambda: HttpServer(api.app, port).run,
+        "impact": lambda: ImpactReader(api.impact_store, settings, bootstrap).run,
+    }
+    return [(name, make()) for name, make in parts.items() if name in names]
