@@ -4,15 +4,23 @@
    tenth of them deleted again, relayed), 100 poison messages among them (each consuming
    service records them as dead letters), then the distributor fills the three feeds and the
    audit projects everything, each caught up before anything is measured.
-2. `rod topics --json` as a user runs it (a subprocess, with `rod up` running): median and
-   max of 5.
-3. `rod up` on that system; clients register at a steady R registrations/s over HTTP while a
-   scraper reads `/metrics` every 100 ms: scrape p50/p99/max, and the rate really served
-   (at 1,000/s, then at a rate this machine sustains, so both saturation and headroom show).
-4. Ingest throughput, metrics on vs off: 16 clients register as fast as they can for S
-   seconds against `rod up` with metrics on (a scrape every second, 15 times Prometheus'
-   default rate) and then against `rod up` restarted with ROD_METRICS=off (no endpoint, no
-   collectors, no scrapes). Prints both and the ratio.
+2. The system split into processes as production runs it (`rod up --components`):
+   - the front door: `rod up --components http,relay,impact,monitor` (HTTP API with /metrics,
+     the relay, the registrar's receipt reader, the monitor behind the lag metrics);
+   - `rod up --components distributor`;
+   - `rod up --components audit`.
+   All three wait until every consumer group's lag on the front door's /metrics is 0.
+3. `rod topics --json` as a user runs it (a subprocess, beside those three): median and max of 5.
+4. Clients register at a steady R registrations/s over HTTP at the front door while a scraper
+   reads its `/metrics` every 100 ms: scrape p50/p99/max, and the rate really served (at
+   1,000/s, then at a rate this machine sustains, so both saturation and headroom show).
+5. Ingest throughput, metrics on vs off: 16 clients register as fast as they can for S
+   seconds against the three processes with metrics on (a scrape every second, 15 times
+   Prometheus' default rate) and then against the three restarted with ROD_METRICS=off (no
+   endpoint, no collectors, no scrapes); alternating on/off/on/off. Prints both and the ratio.
+
+The load generator (16 asyncio connections) runs in this process, the scraper in a process
+of its own (as Prometheus would), all on the same machine.
 
 Usage: .venv/bin/python bench/operators.py [--events 1000000] [--rates 1000,100] [--seconds 30]
 """
@@ -22,16 +30,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing as mp
 import os
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -96,28 +105,39 @@ def env_for(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
-def rod_up(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
+FRONT = "http,relay,impact,monitor"  # the front door; the distributor and the audit run apart
+CONSUMERS = ("distributor", "audit")
+
+
+def rod_up(env: dict[str, str]) -> tuple[list[subprocess.Popen[bytes]], int]:
+    """The system as three `rod up` processes; returns them (front door first) and its port."""
     port = free_port()
     rod = Path(sys.executable).with_name("rod")
-    proc = subprocess.Popen([str(rod), "up", "--port", str(port)], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs = [subprocess.Popen([str(rod), "up", "--components", FRONT, "--port", str(port)], env=env,
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    procs += [subprocess.Popen([str(rod), "up", "--components", part], env=env, cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for part in CONSUMERS]
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
+        if any(proc.poll() is not None for proc in procs):
+            break
         try:
             if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc, port
+                return procs, port
         except httpx.HTTPError:
             time.sleep(0.3)
-    proc.kill()
+    stop(procs)
     raise RuntimeError("rod up did not start")
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(120)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        proc.send_signal(signal.SIGINT)
+    for proc in procs:
+        try:
+            proc.wait(120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def wait_caught_up(port: int, timeout: float = 1800.0) -> float:
@@ -147,14 +167,34 @@ def topics_times(env: dict[str, str], runs: int = 5) -> tuple[list[float], dict]
     return times, view
 
 
-def scraper(port: int, every: float, halt: threading.Event, out: list[float]) -> None:
+def _scrape(port: int, every: float, halt: Any, out: Any) -> None:
+    timings: list[float] = []
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
         while not halt.is_set():
             started = time.perf_counter()
             answer = client.get("/metrics")
-            out.append(time.perf_counter() - started)
+            timings.append(time.perf_counter() - started)
             assert answer.status_code == 200
             halt.wait(max(every - (time.perf_counter() - started), 0))
+    out.send(timings)
+
+
+class Scraper:
+    """Scrapes the front door's /metrics every `every` seconds from a process of its own (as
+    Prometheus would: in this process it would wait for the GIL behind the load generator)."""
+
+    def __init__(self, port: int, every: float) -> None:
+        context = mp.get_context("spawn")
+        self.halt = context.Event()
+        self.results, sending = context.Pipe(duplex=False)
+        self.process = context.Process(target=_scrape, args=(port, every, self.halt, sending), daemon=True)
+        self.process.start()
+
+    def stop(self) -> list[float]:
+        self.halt.set()
+        timings = self.results.recv()
+        self.process.join(30)
+        return timings
 
 
 async def paced(port: int, token: str, rate: float | None, seconds: float, run: int
@@ -201,6 +241,24 @@ async def paced(port: int, token: str, rate: float | None, seconds: float, run: 
     return {"per_second": statuses.get(201, 0) / elapsed, "p99_ms": cuts[98] * 1000, "statuses": statuses}
 
 
+def profile_gather(settings: Settings) -> None:
+    """Where one `rod topics` gather spends its time (cProfile, in this process): the slowest parts."""
+    import cProfile
+    import pstats
+
+    from services.operations.overview import gather
+
+    profiler = cProfile.Profile()
+    started = time.perf_counter()
+    profiler.runcall(gather, settings, str(settings.kafka_bootstrap), sample=False)
+    print(f"gather() in-process: {time.perf_counter() - started:.2f} s; by cumulative time:", flush=True)
+    stats = pstats.Stats(profiler)
+    rows = [(f"{Path(file).name}:{line}({name})", cum) for (file, line, name), (_cc, _nc, _tt, cum, _callers)
+            in stats.stats.items() if "services" in file]  # type: ignore[attr-defined]
+    for where, cum in sorted(rows, key=lambda r: -r[1])[:12]:
+        print(f"  {cum:6.3f} s  {where}")
+
+
 def quantiles(values: list[float]) -> tuple[float, float, float]:
     cuts = statistics.quantiles(values, n=100)
     return cuts[49] * 1000, cuts[98] * 1000, max(values) * 1000
@@ -212,6 +270,7 @@ def main() -> None:
     parser.add_argument("--rates", type=lambda t: [int(x) for x in t.split(",")], default=[1000, 100],
                         help="registrations/s while /metrics is scraped, comma-separated")
     parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--no-onoff", action="store_true", help="skip the metrics on/off comparison")
     args = parser.parse_args()
     rod_logging.configure(json=True, stream=open(os.devnull, "w"))  # noqa: SIM115 - for the whole run
     with LocalBroker() as broker, tempfile.TemporaryDirectory() as tmp:
@@ -221,23 +280,21 @@ def main() -> None:
         settings.data_dir.mkdir(parents=True)
         token = prepare(settings, Path(tmp), args.events)
 
-        proc, port = rod_up(env_for(settings, ROD_MONITOR_INTERVAL_SECONDS="5"))
+        procs, port = rod_up(env_for(settings, ROD_MONITOR_INTERVAL_SECONDS="5"))
         try:
-            print(f"rod up: every consumer group caught up after {wait_caught_up(port):.0f} s", flush=True)
+            print(f"rod up (3 processes): every consumer group caught up after {wait_caught_up(port):.0f} s",
+                  flush=True)
             times, view = topics_times(env_for(settings))
             print(f"rod topics --json: dead letters {view['deadletters']}; "
                   f"load average {os.getloadavg()[0]:.1f}")
             print(f"rod topics --json: median {statistics.median(times):.2f} s, max {max(times):.2f} s "
                   f"(goal: median < 2 s: {'met' if statistics.median(times) < 2 else 'MISSED'})", flush=True)
+            profile_gather(settings)
 
             for run, rate in enumerate(args.rates):  # the goal's rate, then rates the machine sustains
-                scrapes: list[float] = []
-                halt = threading.Event()
-                watcher = threading.Thread(target=scraper, args=(port, 0.1, halt, scrapes), daemon=True)
-                watcher.start()
+                watcher = Scraper(port, 0.1)
                 steady = asyncio.run(paced(port, token, rate, args.seconds, 10 + run))
-                halt.set()
-                watcher.join()
+                scrapes = watcher.stop()
                 p50, p99, worst = quantiles(scrapes)
                 print(f"/metrics while ingesting {steady['per_second']:,.0f} registrations/s "
                       f"(asked {rate}/s, registration p99 {steady['p99_ms']:.0f} ms): "
@@ -246,25 +303,25 @@ def main() -> None:
                       f"load average {os.getloadavg()[0]:.1f})", flush=True)
 
         finally:
-            stop(proc)
+            stop(procs)
 
+        if args.no_onoff:
+            return
         # on and off alternate (two rounds each): other work on a shared machine drifts
         figures: dict[str, list[dict[str, float]]] = {"on": [], "off": []}
         for round_, mode in enumerate(("on", "off", "on", "off")):
             extra = {"ROD_METRICS": "off"} if mode == "off" else {}
-            proc, port = rod_up(env_for(settings, ROD_MONITOR_INTERVAL_SECONDS="5", **extra))
+            procs, port = rod_up(env_for(settings, ROD_MONITOR_INTERVAL_SECONDS="5", **extra))
             try:
                 time.sleep(10)
-                halt, scrapes = threading.Event(), []
-                if mode == "on":
-                    watcher = threading.Thread(target=scraper, args=(port, 1.0, halt, scrapes), daemon=True)
-                    watcher.start()
-                else:
+                watcher = Scraper(port, 1.0) if mode == "on" else None
+                if watcher is None:
                     assert httpx.get(f"http://127.0.0.1:{port}/metrics").status_code == 404
                 figures[mode].append(asyncio.run(paced(port, token, None, args.seconds, 2 + round_)))
-                halt.set()
+                if watcher is not None:
+                    watcher.stop()
             finally:
-                stop(proc)
+                stop(procs)
             f = figures[mode][-1]
             print(f"ingest, metrics {mode}: {f['per_second']:,.0f}/s p99 {f['p99_ms']:.0f} ms "
                   f"(load average {os.getloadavg()[0]:.1f})", flush=True)
