@@ -236,7 +236,10 @@ def _paused_holds(ledger: Ledger, conn: Connection, subs: dict[str, Subscription
     query = (
         select(ledger_tables.decisions.c.subscription, ledger_tables.decisions.c.kind, func.count(),
                func.min(ledger_tables.decisions.c.due_at))
-        .where(IS_HELD, ledger_tables.decisions.c.reason == PAUSED)  # through the partial index of held rows
+        .where(IS_HELD, ledger_tables.decisions.c.reason == PAUSED)
+        # naming the subscriptions lets SQLite seek (subscription, 'held') in the counts index: without
+        # them it scanned that whole index (0.44 s at 3M decisions) for the GROUP BY's order
+        .where(ledger_tables.decisions.c.subscription.in_(sorted(subs)))
         .group_by(ledger_tables.decisions.c.subscription, ledger_tables.decisions.c.kind)
     )
     out: dict[str, _Paused] = {}
