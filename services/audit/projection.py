@@ -35,11 +35,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError, OperationalError
 
 from services.audit import metrics
 from services.audit.chain_check import Break, ChainCheck, Link
-from services.kernel.database import make_engine, writing
+from services.kernel.database import create_tables, make_engine, writing
 from services.kernel.deadletters import DeadLetter, DeadLetterBook, add_missing_columns, deadletter_table
 from services.kernel.logging import get_logger
 
@@ -207,10 +206,7 @@ class Projection:
 
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url, cache_mib=64)  # the id indexes take random inserts
-        try:
-            metadata.create_all(self.engine)
-        except (IntegrityError, OperationalError):  # another process created them at the same moment
-            metadata.create_all(self.engine)
+        create_tables(metadata, self.engine)
         add_missing_columns(self.engine, deadletters)
         self.deadletters = DeadLetterBook(self.engine, deadletters, "audit")
         self.check = self._load_check()

@@ -46,11 +46,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from services.distributor.decide import HELD, PENDING, PUBLISHED
-from services.kernel.database import make_engine, writing
+from services.kernel.database import ROW_ID, create_tables, make_engine, writing
 from services.kernel.deadletters import DeadLetterBook, add_missing_columns, deadletter_table
 
 metadata = MetaData()
-ROW_ID = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER keys only
 
 subscriptions = Table(
     "distributor_subscriptions",
@@ -203,7 +202,7 @@ class Ledger:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
-        metadata.create_all(self.engine)
+        create_tables(metadata, self.engine)
         add_missing_columns(self.engine, deadletters)  # a ledger made before letters could be closed
         self.dialect = self.engine.dialect.name
         self.deadletters = DeadLetterBook(self.engine, deadletters, "distributor")

@@ -11,8 +11,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import BigInteger, Integer, MetaData, create_engine, event
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DatabaseError
+
+# an autoincrementing row id: BIGINT, but INTEGER on SQLite, which autoincrements INTEGER keys only
+ROW_ID = BigInteger().with_variant(Integer, "sqlite")
 
 
 def make_engine(url: str, cache_mib: int | None = None) -> Engine:
@@ -45,3 +49,12 @@ def writing(engine: Engine) -> Iterator[Connection]:
     """One write transaction (the write lock from its start on SQLite); commits on clean exit."""
     with engine.connect().execution_options(rod_writer=True) as conn, conn.begin():
         yield conn
+
+
+def create_tables(metadata: MetaData, engine: Engine) -> None:
+    """Create the missing tables of `metadata`; another process creating them at the same moment
+    (several `rod` processes starting on one database) is fine: the loser looks again."""
+    try:
+        metadata.create_all(engine)
+    except DatabaseError:
+        metadata.create_all(engine)

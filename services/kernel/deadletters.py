@@ -43,12 +43,11 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from services.kernel import kafka
-from services.kernel.database import writing
+from services.kernel.database import ROW_ID, writing
 from services.kernel.settings import Settings
 
 TOPIC = "rod.deadletter.v1"
 OPEN, REPLAYED, DISCARDED = "open", "replayed", "discarded"
-ROW_ID = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER keys only
 
 # A fixed message per code: what went wrong, in words that never come from the record.
 MESSAGES = {

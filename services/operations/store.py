@@ -20,10 +20,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
-from services.kernel.database import make_engine, writing
+from services.kernel.database import ROW_ID, create_tables, make_engine, writing
 
 metadata = MetaData()
-ROW_ID = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER keys only
 
 # the window `rod topics` judges a consumer group's status over: one reading per sample of each
 # (group, topic, partition); group "(relay)" holds the relay's published position. Pruned by
@@ -84,7 +83,7 @@ class OperationsStore:
 
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
-        metadata.create_all(self.engine)
+        create_tables(metadata, self.engine)
 
     @contextmanager
     def writing(self) -> Iterator[Connection]:

@@ -26,9 +26,8 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DatabaseError
 
-from services.kernel.database import writing
+from services.kernel.database import create_tables, writing
 from services.registrar.commands import BatchSummary, RecordFeedback
 from services.registrar.store import now_millis
 
@@ -167,11 +166,3 @@ class BatchStore:
             if len(rows) < PAGE:
                 return
             after = rows[-1].record
-
-
-def create_tables(meta: MetaData, engine: Engine) -> None:
-    """Create missing tables; another process creating them at the same moment is fine."""
-    try:
-        meta.create_all(engine)
-    except DatabaseError:
-        meta.create_all(engine)  # lost the race once: the second look finds them

@@ -28,12 +28,11 @@ from sqlalchemy.engine import Engine
 
 from services.kernel import kafka
 from services.kernel.codec import Codec, DecodeError
-from services.kernel.database import writing
+from services.kernel.database import create_tables, writing
 from services.kernel.deadletters import TOPIC as DEADLETTER_TOPIC
 from services.kernel.deadletters import DeadLetter, DeadLetterBook, add_missing_columns, dead_letter
 from services.kernel.logging import get_logger
 from services.kernel.settings import Settings
-from services.registrar.batches import create_tables
 from services.registrar.codes import problem
 from services.registrar.metrics import IMPACT_RECEIPTS
 from services.registrar.store import deadletters, now_millis

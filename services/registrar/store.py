@@ -42,7 +42,7 @@ from sqlalchemy.exc import IntegrityError
 
 from services.kernel import chain
 from services.kernel.codec import Codec
-from services.kernel.database import make_engine, writing
+from services.kernel.database import ROW_ID, create_tables, make_engine, writing
 from services.kernel.deadletters import deadletter_table
 
 EVENT_NAMESPACE = uuid.UUID("5b0c7c1e-3f1e-4a8e-9d55-8a3c2f0e7d10")
@@ -135,7 +135,7 @@ deadletters = deadletter_table(metadata, "registrar_deadletters")
 verifications = Table(
     "registrar_verifications",
     metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("id", ROW_ID, primary_key=True, autoincrement=True),
     Column("at", DateTime(timezone=True), nullable=False),
     Column("ok", Boolean, nullable=False),
     Column("checked", BigInteger, nullable=False),  # the last position verified
@@ -305,7 +305,7 @@ class EventStore:
         self.url = url
         self.engine = make_engine(url)
         self.codec = codec or Codec()
-        metadata.create_all(self.engine)
+        create_tables(metadata, self.engine)
         self._seed_singletons()
 
     def _seed_singletons(self) -> None:
