@@ -7,18 +7,33 @@ import threading
 
 import click
 
+import services.replayers  # noqa: F401 - installs the dead-letter replays
+from services import token_cli
 from services.audit import cli as audit_cli
 from services.distributor import cli as distributor_cli
+from services.extract import cli as extract_cli
 from services.kernel import kafka
 from services.kernel import logging as rod_logging
 from services.kernel.broker import DEFAULT_PORT, LocalBroker, free_port
-from services.kernel.settings import Settings
+from services.kernel.settings import Settings, private_data_dir
+from services.kernel.text import is_unicode
 from services.operations import cli as operations_cli
 from services.operations import deadletter_cli
 from services.registrar import cli as registrar_cli
 
 
-@click.group()
+class _Rod(click.Group):
+    """The root group: no command ever sees an argument that is not valid text."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # undecodable bytes in argv arrive as lone surrogates; an event or action could not hold them
+        broken = [n for n, arg in enumerate(args, 1) if not is_unicode(arg)]
+        if broken:
+            raise click.UsageError(f"TEXT_NOT_UNICODE: argument {broken[0]} is not valid text (Unicode)", ctx)
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_Rod)
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="Where the embedded default keeps its files (default: ROD_DATA_DIR or ./var).")
 @click.pass_context
@@ -26,11 +41,11 @@ def main(ctx: click.Context, data_dir: str | None) -> None:
     """rodchain: the education result register as an event-sourced chain."""
     rod_logging.configure()
     settings = Settings.from_env(data_dir=data_dir)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_data_dir(settings.data_dir)
     ctx.obj = {"settings": settings}
 
 
-COMPONENTS = ("relay", "distributor", "audit", "monitor", "http", "impact")
+COMPONENTS = ("relay", "distributor", "audit", "extract", "monitor", "http", "impact")
 
 
 def _components(_ctx: click.Context, _param: click.Parameter, text: str) -> tuple[str, ...]:
@@ -58,18 +73,21 @@ def up(ctx: click.Context, port: int, data_dir: str | None, wanted: tuple[str, .
        metrics_port: int | None) -> None:
     """Start the system (or the parts named by --components) in the foreground; Ctrl-C stops it cleanly."""
     # the running system's parts are imported here: other commands (rod topics) start faster without them
+    from services.app import http_components
     from services.audit.service import AuditService
     from services.distributor.loop import Distributor
+    from services.extract.service import ExtractService
     from services.operations import metrics as operations_metrics
     from services.operations.actions import ActionLog
     from services.operations.overview import Monitor
     from services.operations.store import OperationsStore
-    from services.registrar import serve as registrar_serve
     from services.registrar.relay import Relay
     from services.registrar.store import EventStore
 
-    settings = Settings.from_env(data_dir=data_dir) if data_dir else ctx.obj["settings"]
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings = ctx.obj["settings"]
+    if data_dir:
+        settings = Settings.from_env(data_dir=data_dir)
+        private_data_dir(settings.data_dir)
     log = rod_logging.get_logger("up")
     if "http" in wanted and free_port(port) != port:
         raise click.ClickException(f"port {port} is taken on 127.0.0.1: choose another with --port")
@@ -108,6 +126,8 @@ def up(ctx: click.Context, port: int, data_dir: str | None, wanted: tuple[str, .
             parts["distributor"] = Distributor(settings, bootstrap)
         if "audit" in wanted:
             parts["audit"] = AuditService(settings, bootstrap)
+        if "extract" in wanted:
+            parts["extract"] = ExtractService(settings, bootstrap)
         runs += [(name, part.run) for name, part in parts.items()]  # type: ignore[attr-defined]
         if "monitor" in wanted:
             # samples the groups for `rod topics`' window; /metrics exports its last overview
@@ -115,12 +135,13 @@ def up(ctx: click.Context, port: int, data_dir: str | None, wanted: tuple[str, .
             operations_metrics.install(monitor, settings)
             runs.append(("monitor", monitor.run))
         if "http" in wanted or "impact" in wanted:
-            runs += registrar_serve.components(settings, bootstrap, port,
-                                               [n for n in ("http", "impact") if n in wanted])
-        if metrics_port is not None:
-            from prometheus_client import start_http_server
+            runs += http_components(settings, bootstrap, port, [n for n in ("http", "impact") if n in wanted])
+        if metrics_port is not None:  # behind the same limits and Host check as the API
+            from prometheus_client import make_asgi_app
 
-            start_http_server(metrics_port, addr="127.0.0.1")  # a daemon thread; ends with the process
+            from services.kernel.server import HttpServer
+
+            runs.append(("metrics", HttpServer(make_asgi_app(), metrics_port).run))
         # Each component runs until `stop` is set; add new services here.
         workers = [threading.Thread(target=run, args=(stop,), name=name, daemon=True) for name, run in runs]
         for worker in workers:
@@ -146,6 +167,6 @@ def up(ctx: click.Context, port: int, data_dir: str | None, wanted: tuple[str, .
 
 for command in (
     registrar_cli.COMMANDS + distributor_cli.COMMANDS + audit_cli.COMMANDS + operations_cli.COMMANDS
-    + deadletter_cli.COMMANDS
+    + deadletter_cli.COMMANDS + extract_cli.COMMANDS + token_cli.COMMANDS
 ):
     main.add_command(command)

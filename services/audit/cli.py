@@ -35,7 +35,7 @@ def report(ctx: click.Context, period_id: str, institution: str | None) -> None:
         period = Period.parse(period_id)
     except ValueError as exc:
         raise click.UsageError(f"PERIOD_INVALID: {exc}") from None
-    if institution is not None and not INSTITUTION_CODE.match(institution):
+    if institution is not None and not INSTITUTION_CODE.fullmatch(institution):
         raise click.UsageError("INSTITUTION_CODE_INVALID: two digits and two capitals, e.g. 25BE")
     try:
         bootstrap = resolve_bootstrap(settings)

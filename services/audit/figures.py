@@ -50,6 +50,7 @@ class Deletion:
     reason: str
     received_by: tuple[str, ...]  # subscriptions that had a DELIVERY before the deletion
     extract_issued: bool  # an extract of this registration was issued before the deletion
+    confirmed_by: tuple[str, ...] = ()  # of those, the ones that acknowledged it before the deletion
 
 
 @dataclass
@@ -142,10 +143,12 @@ def impact(deletions: Sequence[Deletion], consumers: Sequence[str]) -> dict[str,
     """How many deletions had already reached each consumer, any consumer, or an extract."""
     total = len(deletions)
     received = Counter(c for d in deletions for c in d.received_by)
+    confirmed = Counter(c for d in deletions for c in d.confirmed_by)
     extracts = sum(d.extract_issued for d in deletions)
     reached = sum(bool(d.received_by) or d.extract_issued for d in deletions)
     return {
-        "by_consumer": {c: {"count": received[c], "share": share(received[c], total)} for c in consumers},
+        "by_consumer": {c: {"count": received[c], "share": share(received[c], total),
+                            "confirmed": confirmed[c]} for c in consumers},
         "extract_issued": {"count": extracts, "share": share(extracts, total)},
         "any": {"count": reached, "share": share(reached, total)},
     }
@@ -175,6 +178,7 @@ def row(d: Deletion) -> dict[str, object]:
         "deleted_at": local_time(d.deleted_at),
         "reason": d.reason,
         "received_by": list(d.received_by),
+        "confirmed_by": list(d.confirmed_by),
         "extract_issued": d.extract_issued,
     }
 

@@ -48,7 +48,7 @@ def reports_router(reports_dir: Path, acting: Callable[..., str] = institution_f
         folders = sorted(reports_dir.iterdir()) if reports_dir.is_dir() else []
         for folder in folders:
             summary = folder / f"{institution}.json"
-            if not (_PERIOD.match(folder.name) and summary.is_file()):
+            if not (_PERIOD.fullmatch(folder.name) and summary.is_file()):
                 continue
             content = json.loads(summary.read_bytes())
             found.append({
@@ -74,7 +74,7 @@ def reports_router(reports_dir: Path, acting: Callable[..., str] = institution_f
         if not path.is_file():
             raise HTTPException(404)
         body = path.read_bytes()
-        headers = {"x-content-type-options": "nosniff", "cache-control": "private, no-cache"}
+        headers = {"x-content-type-options": "nosniff", "cache-control": "no-store"}
         if fmt == "html":
             headers["content-security-policy"] = HTML_POLICY
         if fmt == "csv":

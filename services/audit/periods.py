@@ -32,7 +32,7 @@ class Period:
     @classmethod
     def parse(cls, text: str) -> Period:
         """`2025-05` → Period(2025, 5); ValueError for anything else."""
-        match = _PERIOD_ID.match(text)
+        match = _PERIOD_ID.fullmatch(text)
         if not match or not 1900 < int(match["year"]) < 9999:
             raise ValueError("a period is YYYY-05 or YYYY-11")
         return cls(int(match["year"]), int(match["month"]))

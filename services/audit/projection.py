@@ -82,17 +82,17 @@ deliveries = Table(
     Column("result_id", String(36), primary_key=True),
     Column("event_id", String(36), primary_key=True),
     Column("subscription", String(100), primary_key=True),
-    Column("kind", String(12), primary_key=True),  # DELIVERY | WITHDRAWAL
+    Column("kind", String(12), primary_key=True),  # DELIVERY | WITHDRAWAL | ACKNOWLEDGED
     Column("delivery_id", String(200), nullable=False),
     Column("institution", String(8), nullable=False),
-    Column("delivered_at", BigInteger, nullable=False),
+    Column("delivered_at", BigInteger, nullable=False),  # ACKNOWLEDGED: when the consumer confirmed it
 )
 
 extracts = Table(
     "audit_extracts",
     metadata,
     Column("extract_id", String(200), primary_key=True),
-    Column("result_id", String(36), nullable=False),
+    Column("result_id", String(36), primary_key=True),  # one row per result an extract shows
     Column("event_id", String(36), nullable=False),
     Column("institution", String(8), nullable=False),
     Column("issued_at", BigInteger, nullable=False),

@@ -1,14 +1,14 @@
 """Report bodies: the same content as CSV, JSON and HTML, byte for byte the same every time.
 
 CSV: one row per deletion (institution) or per institution (national), columns named like
-the JSON keys, UTF-8, `\\r\\n` line ends as the csv module writes them. JSON: the whole
+the JSON keys, UTF-8, `\\r\\n` line ends as the csv module writes them, and a leading `'` on
+text a spreadsheet would take for a formula (services/kernel/csv_cells.py). JSON: the whole
 content, keys in a fixed order, two-space indent. HTML: one self-contained Dutch page (inline
 CSS and SVG; no script, no external reference), for a person at the institution or at DUO.
 """
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 from datetime import datetime, timedelta
@@ -19,6 +19,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 
 from services.audit import svg
 from services.audit.figures import REASONS
+from services.kernel import csv_cells
 
 REASON_LABELS = {
     "FRAUD": "Fraude",
@@ -35,7 +36,7 @@ MONTHS_LONG = ("januari", "februari", "maart", "april", "mei", "juni", "juli", "
 
 DELETION_COLUMNS = ("result_id", "person_number", "diploma_number", "programme_code", "programme_name",
                     "sector", "diploma_date", "registered_at", "deleted_at", "reason", "received_by",
-                    "extract_issued")
+                    "confirmed_by", "extract_issued")
 NATIONAL_COLUMNS = ("institution", "sectors", "registrations", "deletions", "deletion_rate",
                     *(f"reason_{r.lower()}" for r in REASONS), "reached_chain", "extract_issued")
 
@@ -58,19 +59,19 @@ def to_json(content: dict[str, Any]) -> bytes:
     return (json.dumps(content, ensure_ascii=False, indent=2) + "\n").encode()
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any) -> Any:
     if value is None:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, list):
         return " ".join(str(v) for v in value)
-    return str(value)
+    return value  # numbers stay numbers; csv_cells guards the text
 
 
 def to_csv(content: dict[str, Any], national: bool) -> bytes:
     out = io.StringIO()
-    writer = csv.writer(out)
+    writer = csv_cells.writer(out)
     if national:
         writer.writerow(NATIONAL_COLUMNS)
         for line in content["institutions"]:

@@ -138,15 +138,17 @@ def _deletions(conn: Connection, period: Period, verified: int) -> list[Deletion
     d, r = events.alias("d"), events.alias("r")
     where = and_(d.c.kind == "D", _in(period, verified, d))
     received: dict[int, set[str]] = {}
-    for position, subscription in conn.execute(
-        select(d.c.position, deliveries.c.subscription).distinct()
-        .select_from(d.join(deliveries, and_(deliveries.c.result_id == d.c.result_id,
-                                             deliveries.c.event_id == d.c.registered_event_id,
-                                             deliveries.c.kind == "DELIVERY",
-                                             deliveries.c.delivered_at <= d.c.recorded_at)))
-        .where(where)
-    ):
-        received.setdefault(position, set()).add(subscription)
+    confirmed: dict[int, set[str]] = {}
+    for kind, found in (("DELIVERY", received), ("ACKNOWLEDGED", confirmed)):
+        for position, subscription in conn.execute(
+            select(d.c.position, deliveries.c.subscription).distinct()
+            .select_from(d.join(deliveries, and_(deliveries.c.result_id == d.c.result_id,
+                                                 deliveries.c.event_id == d.c.registered_event_id,
+                                                 deliveries.c.kind == kind,
+                                                 deliveries.c.delivered_at <= d.c.recorded_at)))
+            .where(where)
+        ):
+            found.setdefault(position, set()).add(subscription)
     extracted = set(conn.execute(
         select(d.c.position).distinct()
         .select_from(d.join(extracts, and_(extracts.c.result_id == d.c.result_id,
@@ -163,7 +165,8 @@ def _deletions(conn: Connection, period: Period, verified: int) -> list[Deletion
         .order_by(d.c.institution, d.c.recorded_at, d.c.position)
     )
     return [Deletion(**row._mapping, received_by=tuple(sorted(received.get(row.position, ()))),
-                     extract_issued=row.position in extracted) for row in rows]
+                     extract_issued=row.position in extracted,
+                     confirmed_by=tuple(sorted(confirmed.get(row.position, ())))) for row in rows]
 
 
 class ReportWriter:
@@ -250,7 +253,6 @@ def _replace(path: Path, body: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(body)
-        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,4 +1,5 @@
-"""`rod` commands of the distributor: distribute, subscription list|pause|resume|replay, feed tail."""
+"""`rod` commands of the distributor: distribute, subscription list|pause|resume|replay, feed tail,
+consumer add|ack (the HTTP feed)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import click
 from kafka import TopicPartition
 
+from services.distributor.feed import ConsumerError, CursorError, FeedStore, decode_cursor
 from services.distributor.ledger import Ledger
 from services.distributor.loop import Distributor
 from services.distributor.subscriptions import Subscription, SubscriptionError, load
@@ -181,9 +183,10 @@ def subscription_replay(
     """Send a feed again from the start of the log; its decisions stay as they are, other feeds untouched."""
     settings = _settings(ctx)
     subs = _subscriptions()
+    ledger = _ledger(settings, subs)
     if name in subs:
-        with _ledger(settings, subs).reading() as conn:
-            state = _ledger(settings, subs).states(conn)[name]
+        with ledger.reading() as conn:
+            state = ledger.states(conn)[name]
         if state.paused:
             raise click.ClickException(f"subscription {name} is paused: resume it first")
     bootstrap = _bootstrap(settings)
@@ -193,15 +196,25 @@ def subscription_replay(
     if no_wait:
         click.echo(f"subscription {name}: replay requested")
         return
+    deadline = time.monotonic() + timeout
     distributor = Distributor(settings, bootstrap, subscriptions=list(subs.values()))
     try:
         sent = distributor.backfill(name, timeout)
     finally:
         distributor.close()
-    if sent is None:
-        click.echo(f"subscription {name}: replay still under way (another process has it)", err=True)
-        sys.exit(1)
-    click.echo(f"subscription {name}: replayed, {sent} messages sent")
+    if sent is not None:
+        click.echo(f"subscription {name}: replayed, {sent} messages sent")
+        return
+    # a running distributor took it first: wait for it to finish
+    while time.monotonic() < deadline:
+        with ledger.reading() as conn:
+            if ledger.states(conn)[name].mode == "live":
+                click.echo(f"subscription {name}: replayed by the running distributor")
+                return
+        time.sleep(0.5)
+    click.echo(f"subscription {name}: replay still under way after {timeout:g} s (another process has it)",
+               err=True)
+    sys.exit(1)
 
 
 @click.group()
@@ -275,4 +288,46 @@ def feed_tail(
         consumer.close()
 
 
-COMMANDS = [distribute, subscription, feed]
+@click.group()
+def consumer() -> None:
+    """Consumers of the HTTP feed: each has a token for one subscription's feed."""
+
+
+@consumer.command("add")
+@click.argument("name")
+@click.option("--subscription", "subscription_name", required=True, help="The feed it may read.")
+@as_option
+@click.pass_context
+def consumer_add(ctx: click.Context, name: str, subscription_name: str, as_name: str | None) -> None:
+    """Add a consumer; prints its token as the last line (shown once, only a hash is kept)."""
+    settings = _settings(ctx)
+    subs = _subscriptions()
+    try:
+        token = FeedStore(_ledger(settings, subs)).add_consumer(name, subscription_name, set(subs))
+    except ConsumerError as exc:
+        raise click.ClickException(str(exc)) from None
+    record_cli_action(settings, as_name, "consumer-add", name, f"consumer of {subscription_name}")
+    click.echo(f"consumer {name} of {subscription_name} added; the token below is shown once")
+    click.echo(token)
+
+
+@consumer.command("ack")
+@click.argument("name")
+@click.option("--cursor", required=True, help="A cursor of the consumer's feed (GET .../messages).")
+@click.pass_context
+def consumer_ack(ctx: click.Context, name: str, cursor: str) -> None:
+    """Acknowledge for consumer NAME everything on its feed up to and including CURSOR."""
+    settings = _settings(ctx)
+    subs = _subscriptions()
+    feeds = FeedStore(_ledger(settings, subs))
+    found = feeds.consumer(name)
+    if found is None:
+        raise click.ClickException(f"no consumer {name} (rod consumer add)")
+    try:
+        count = feeds.acknowledge(found, decode_cursor(found.subscription, cursor))
+    except CursorError as exc:
+        raise click.ClickException(f"{exc} ({found.subscription})") from None
+    click.echo(f"{count} newly acknowledged on {found.subscription}")
+
+
+COMMANDS = [distribute, subscription, feed, consumer]

@@ -10,16 +10,15 @@ same event uses the stored decision and never calls these functions again.
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from services.distributor.subscriptions import Subscription
+from services.kernel.identifiers import uuid5_text
 
 DELIVERY_NAMESPACE = uuid.UUID("8e3f5d2a-6b1c-4c7e-9a0d-2f4b6c8e1a35")
-_NAMESPACE_BYTES = DELIVERY_NAMESPACE.bytes
 
 REGISTERED = "ResultRegistered"
 DELETED = "ResultDeleted"
@@ -42,13 +41,7 @@ def delivery_id(subscription: str, event_id: str, kind: str) -> str:
     A UUIDv5 (RFC 4122: SHA-1 of namespace and name) of "subscription/event_id/kind",
     written out directly: it is computed for every message, uuid.uuid5 costs three times more.
     """
-    raw = bytearray(
-        hashlib.sha1(_NAMESPACE_BYTES + f"{subscription}/{event_id}/{kind}".encode()).digest()[:16]
-    )
-    raw[6] = (raw[6] & 0x0F) | 0x50
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return uuid5_text(DELIVERY_NAMESPACE, f"{subscription}/{event_id}/{kind}")
 
 
 @dataclass(frozen=True)

@@ -97,17 +97,20 @@ class Publisher:
         if out.receipt:
             self.send(DELIVERIES_TOPIC, key, self.receipt(out))
 
-    def receipt(self, out: Outgoing) -> bytes:
+    def receipt(self, out: Outgoing, acknowledged_at: datetime | None = None) -> bytes:
+        """The DELIVERY or WITHDRAWAL receipt of `out`, or its ACKNOWLEDGED one when confirmed then."""
         return self.codec.encode(
             "DeliveryReceipt",
             {
                 "delivery_id": out.delivery_id,
                 "subscription": out.subscription,
-                "kind": out.kind,
+                "kind": "ACKNOWLEDGED" if acknowledged_at else out.kind,
                 "event_id": out.event_id,
                 "result_id": out.result_id,
                 "institution": out.institution,
                 "delivered_at": out.delivered_at,
+                "acknowledged_at": acknowledged_at,
+                "message_kind": out.kind if acknowledged_at else None,
             },
         )
 

@@ -11,6 +11,13 @@ decide and a digest of the record before it. It is advanced by compare-and-set i
 transaction as the decisions, so two processes that briefly hold the same partition (a
 rebalance) cannot both record a batch; the digest tells whether the topic is still the one
 the cursor points into (a broker that lost its data gets the events again at other offsets).
+
+The HTTP feed (`feed.py`) is served from here too: when a row is first confirmed on its feed
+it gets the next `feed_seq` of its subscription, taken from `distributor_feed_heads` under
+that row's lock, so positions commit in order with no gap a reader could pass before it
+fills; a re-send or a republish never gives a row a second position. An acknowledgement
+moves the head's `acked_seq` forward and stamps the rows it covers; their ACKNOWLEDGED
+receipts go out from the distributor's loop (`ack_published` false until they did).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from sqlalchemy import (
     Table,
     UniqueConstraint,
     and_,
+    bindparam,
     case,
     func,
     literal_column,
@@ -48,6 +56,7 @@ from sqlalchemy.engine import Connection
 from services.distributor.decide import HELD, PENDING, PUBLISHED
 from services.kernel.database import ROW_ID, create_tables, make_engine, writing
 from services.kernel.deadletters import DeadLetterBook, add_missing_columns, deadletter_table
+from services.kernel.tokens import mark_tables
 
 metadata = MetaData()
 
@@ -76,10 +85,14 @@ decisions = Table(
     Column("reason", String(20)),
     Column("delivery_id", String(36)),
     Column("payload", LargeBinary),  # the feed message as sent (held: as it will be, re-stamped on release)
+    Column("feed_json", LargeBinary),  # the same message as the HTTP feed serves it (JSON, no cursor)
     Column("partition", Integer, nullable=False),  # of the event on rod.results.v1
     Column("due_at", DateTime(timezone=True)),
     Column("delivered_at", DateTime(timezone=True)),
     Column("decided_at", DateTime(timezone=True), nullable=False),
+    Column("feed_seq", BigInteger),  # position on the HTTP feed, from the first confirmed send on
+    Column("acknowledged_at", DateTime(timezone=True)),  # the consumer confirmed it (HTTP feed)
+    Column("ack_published", Boolean),  # false: its ACKNOWLEDGED receipt is still to be sent
     UniqueConstraint("subscription", "event_id", name="uq_distributor_decisions_subscription_event"),
     # small partial indexes: only the rows still on their way (a query must name the same state)
     Index(
@@ -97,7 +110,35 @@ decisions = Table(
     # covers the counts per subscription that operators read (rod topics, the console): an
     # index-only scan instead of reading every row (2.6-3.9 s -> 0.46 s at 3M decisions)
     Index("ix_distributor_decisions_counts", "subscription", "state", "kind", "delivered_at"),
+    Index("ix_distributor_decisions_feed", "subscription", "feed_seq", unique=True),
+    Index(
+        "ix_distributor_decisions_ack_waiting",
+        "id",
+        sqlite_where=text("ack_published = false"),
+        postgresql_where=text("ack_published = false"),
+    ),
 )
+
+feed_heads = Table(
+    "distributor_feed_heads",
+    metadata,
+    Column("subscription", String(64), primary_key=True),
+    Column("last_seq", BigInteger, nullable=False),  # the newest feed position handed out
+    Column("acked_seq", BigInteger, nullable=False),  # acknowledged up to and including
+    Column("acked_at", DateTime(timezone=True)),
+    Column("acked_by", String(80)),  # the consumer that acknowledged last
+)
+
+consumers = Table(
+    "distributor_consumers",
+    metadata,
+    Column("name", String(80), primary_key=True),
+    Column("subscription", String(64), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("last_fetch_at", DateTime(timezone=True)),
+)
+token_marks = mark_tables(metadata, "distributor")  # revocations and last uses of consumer tokens
 
 cursors = Table(
     "distributor_cursors",
@@ -165,12 +206,15 @@ class Row:
     partition: int
     due_at: datetime | None
     delivered_at: datetime | None
+    acknowledged_at: datetime | None = None
+    ack_published: bool | None = None
 
 
 ROW_COLUMNS = [decisions.c[name] for name in Row.__dataclass_fields__]
 # written out, not bound: only then may SQLite (and a generic PostgreSQL plan) use the partial indexes
 IS_PENDING = decisions.c.state == literal_column("'pending'")
 IS_HELD = decisions.c.state == literal_column("'held'")
+ACK_WAITING = decisions.c.ack_published == literal_column("false")
 _INSERT_COLUMNS = (
     "subscription",
     "event_id",
@@ -181,6 +225,7 @@ _INSERT_COLUMNS = (
     "reason",
     "delivery_id",
     "payload",
+    "feed_json",
     "partition",
     "due_at",
     "delivered_at",
@@ -193,6 +238,7 @@ def _row(raw: Any) -> Row:
     row = Row(*raw)
     row.payload = bytes(row.payload) if row.payload is not None else None
     row.due_at, row.delivered_at = utc(row.due_at), utc(row.delivered_at)
+    row.acknowledged_at = utc(row.acknowledged_at)
     return row
 
 
@@ -204,6 +250,9 @@ class Ledger:
         self.engine = make_engine(url)
         create_tables(metadata, self.engine)
         add_missing_columns(self.engine, deadletters)  # a ledger made before letters could be closed
+        if add_missing_columns(self.engine, decisions):  # a ledger made before the HTTP feed
+            for index in decisions.indexes:
+                index.create(self.engine, checkfirst=True)
         self.dialect = self.engine.dialect.name
         self.deadletters = DeadLetterBook(self.engine, deadletters, "distributor")
 
@@ -237,6 +286,10 @@ class Ledger:
             known = set(conn.execute(select(subscriptions.c.name)).scalars())
             fresh = conn.execute(select(decisions.c.id).limit(1)).first() is None
             moment = now()
+            for name, _start in names_and_starts:
+                conn.execute(
+                    self.insert_if_absent(feed_heads).values(subscription=name, last_seq=0, acked_seq=0)
+                )
             for name, start in names_and_starts:
                 if name in known:
                     continue
@@ -267,8 +320,6 @@ class Ledger:
             conn.execute(
                 update(subscriptions).where(subscriptions.c.name == name).values(updated_at=now(), **values)
             )
-            if values.get("mode") == "backfilling":
-                conn.execute(cursors.delete().where(cursors.c.reader == backfill_reader(name)))
             if values.get("mode") == "backfilling":
                 conn.execute(cursors.delete().where(cursors.c.reader == backfill_reader(name)))
 
@@ -414,21 +465,44 @@ class Ledger:
         )
 
     def mark_published(self, conn: Connection, keys: Iterable[tuple[str, str]]) -> None:
-        """pending → published for these (subscription, event_id) pairs, once they are on the feed."""
+        """pending → published for these (subscription, event_id) pairs, once they are on the feed;
+        each gets the next positions of its subscription's HTTP feed, in decision order."""
         by_sub: dict[str, list[str]] = {}
         for sub, event_id in keys:
             by_sub.setdefault(sub, []).append(event_id)
-        for sub, ids in by_sub.items():
+        for sub, ids in sorted(by_sub.items()):  # heads locked in one order: no deadlocks
+            fresh: list[int] = []
             for start in range(0, len(ids), 900):
-                conn.execute(
-                    update(decisions)
-                    .where(
+                fresh += conn.execute(
+                    select(decisions.c.id).where(
                         decisions.c.subscription == sub,
                         decisions.c.event_id.in_(ids[start : start + 900]),
-                        decisions.c.state == PENDING,
+                        IS_PENDING,
                     )
-                    .values(state=PUBLISHED)
-                )
+                ).scalars()
+            if not fresh:
+                continue
+            fresh.sort()
+            first = self._take_positions(conn, sub, len(fresh))
+            conn.execute(
+                update(decisions)
+                .where(decisions.c.id == bindparam("row_id"), IS_PENDING)
+                .values(state=PUBLISHED, feed_seq=bindparam("seq")),
+                [{"row_id": row_id, "seq": first + i} for i, row_id in enumerate(fresh)],
+            )
+
+    def _take_positions(self, conn: Connection, subscription: str, count: int) -> int:
+        """Reserve `count` feed positions; the head's row lock holds later takers until we commit."""
+        conn.execute(
+            self.insert_if_absent(feed_heads).values(subscription=subscription, last_seq=0, acked_seq=0)
+        )
+        last = conn.execute(
+            update(feed_heads)
+            .where(feed_heads.c.subscription == subscription)
+            .values(last_seq=feed_heads.c.last_seq + count)
+            .returning(feed_heads.c.last_seq)
+        ).scalar_one()
+        return int(last) - count + 1
 
     def rows(self, conn: Connection, *where: Any, order: bool = True) -> list[Row]:
         query = select(*ROW_COLUMNS).where(*where)
@@ -455,13 +529,15 @@ class Ledger:
             )
         return sorted((r for r in rows if r.subscription in wanted), key=lambda r: r.id)
 
-    def release(self, conn: Connection, row: Row, payload: bytes, delivered_at: datetime) -> bool:
+    def release(
+        self, conn: Connection, row: Row, payload: bytes, feed_json: bytes, delivered_at: datetime
+    ) -> bool:
         """held → pending with the message stamped; False when a deletion cancelled it first."""
         return (
             conn.execute(
                 update(decisions)
                 .where(decisions.c.id == row.id, decisions.c.state == HELD)
-                .values(state=PENDING, payload=payload, delivered_at=delivered_at)
+                .values(state=PENDING, payload=payload, feed_json=feed_json, delivered_at=delivered_at)
             ).rowcount
             == 1
         )
@@ -512,6 +588,19 @@ class Ledger:
                 elif state in entry or state == "skipped":
                     entry["held" if state == HELD else state] += count
         return out
+
+    # acknowledgements (HTTP feed)
+
+    def acknowledged_waiting(self, limit: int = 5000) -> list[Row]:
+        """Acknowledged rows whose ACKNOWLEDGED receipt has not been sent yet, oldest first."""
+        with self.reading() as conn:
+            query = select(*ROW_COLUMNS).where(ACK_WAITING).order_by(decisions.c.id).limit(limit)
+            return [_row(r) for r in conn.execute(query)]
+
+    def mark_acks_published(self, conn: Connection, ids: Sequence[int]) -> None:
+        for start in range(0, len(ids), 900):
+            conn.execute(update(decisions).where(decisions.c.id.in_(ids[start : start + 900]))
+                         .values(ack_published=True))
 
     # offsets of what the distributor wrote
 

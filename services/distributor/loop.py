@@ -6,7 +6,8 @@ One batch of rod.results.v1 at a time:
    uses them and decides nothing), decide the rest, insert them (insert-if-absent), record
    the dead letters and move the reader's cursor by compare-and-set;
 3. send the feed messages, their receipts and the dead letters, flush, check every send;
-4. mark the rows published and remember the offsets written, in one transaction;
+4. mark the rows published (each gets its HTTP feed position) and remember the offsets
+   written, in one transaction;
 5. commit the consumer group's offsets (for operators; the ledger's cursor is the truth).
 
 A kill between any two steps: after 1, nothing happened; after 2, the rows are `pending`
@@ -14,6 +15,9 @@ and are sent again (same delivery_id, same bytes) when this or another process t
 partition; after 3, the same; after 4, only the group offset is behind, and the ledger's
 cursor wins on start. A decision is never recorded twice: UNIQUE(subscription, event_id),
 and the cursor compare-and-set lets only one of two processes record a batch.
+
+Once a second, besides: release held rows that are due, and send the ACKNOWLEDGED receipts
+of what HTTP consumers confirmed (`publish_acknowledgements`).
 """
 
 from __future__ import annotations
@@ -29,13 +33,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
-from kafka.structs import OffsetAndMetadata
-from sqlalchemy.exc import DBAPIError
 
 from services.distributor import decide as d
 from services.distributor import metrics
+from services.distributor.feed import render
 from services.distributor.feeds import (
     DEADLETTER_TOPIC,
     DELIVERIES_TOPIC,
@@ -49,6 +52,7 @@ from services.distributor.ledger import Ledger, Row, backfill_reader, now
 from services.distributor.subscriptions import Subscription, load
 from services.kernel import kafka
 from services.kernel.codec import Codec
+from services.kernel.consume import Batch, ConsumeLoop, Consumption, Message
 from services.kernel.deadletters import DeadLetter, dead_letter, from_row, is_transient
 from services.kernel.logging import get_logger
 from services.kernel.settings import Settings
@@ -66,17 +70,6 @@ class CursorMoved(Exception):
 
 class TopicsLost(Exception):
     """The broker no longer holds what the ledger says was read or written: start again, recover."""
-
-
-@dataclass
-class Item:
-    """One decoded event with where it came from."""
-
-    partition: int
-    offset: int
-    name: str
-    event: dict[str, Any]
-    record: Any  # the consumer record, for a dead letter with the original bytes
 
 
 @dataclass
@@ -100,8 +93,12 @@ class Step:
     dead: int = 0
 
 
-class Distributor:
+class Distributor(Consumption):
     """Passes rod.results.v1 on to every subscription's feed, keeping the delivery ledger."""
+
+    name = "distributor"
+    expected = {RESULTS_TOPIC: (d.REGISTERED, d.DELETED)}
+    retried = (CursorMoved, TopicsLost)
 
     def __init__(
         self,
@@ -131,6 +128,8 @@ class Distributor:
         self.ready = False
         self._assigned_now: list[int] = []
         self.check_every = CHECK_EVERY
+        self.loop = ConsumeLoop(self, settings, bootstrap, group=group, batch=batch, poll_ms=100)
+        self._step = Step()  # what the current step did
         self._next_idle_check = 0.0
         self._next_check = 0.0
         self._next_housekeeping = 0.0
@@ -139,6 +138,12 @@ class Distributor:
 
     def start(self) -> None:
         """Topics, subscriptions, lost feeds republished, then the main reader on its cursors."""
+        consumer = self.loop.connect()
+        if self.main is None:  # in the group: partitions (and the cursors) come with a poll
+            self.main = Reader("main", consumer)
+
+    def open(self) -> None:
+        """Before the consumer connects: topics, subscriptions, lost feeds republished, letters sent."""
         names = [
             RESULTS_TOPIC,
             DELIVERIES_TOPIC,
@@ -150,18 +155,25 @@ class Distributor:
         self.publisher = Publisher(self.settings, self.bootstrap, self.codec)
         self.recover_topics(created)
         self.publish_dead_letters()
-        consumer = kafka.consumer(self.bootstrap, group_id=self.group_id, max_poll_records=self.batch)
-        self.main = Reader("main", consumer)
-        cluster_topic = self.settings.topic(RESULTS_TOPIC)
-        if self.group:
-            consumer.subscribe([cluster_topic], listener=_Listener(self))
-        else:
-            partitions = [TopicPartition(cluster_topic, p) for p in self._results_partitions(consumer)]
-            consumer.assign(partitions)
-            self.take(self.main, [tp.partition for tp in partitions])
         self.ready = True
         self._next_check = time.monotonic() + self.check_every
         log.info("distributor_started", group=self.group, subscriptions=sorted(self.subscriptions))
+
+    def assigned(self, consumer: KafkaConsumer, partitions: list[TopicPartition]) -> None:
+        """Partitions taken: read from the ledger's cursors, checked against the topic."""
+        if self.main is None or self.main.consumer is not consumer:
+            self.main = Reader("main", consumer)
+        if partitions:
+            self.take(self.main, [tp.partition for tp in partitions])
+
+    def check(self, message: Message) -> None:
+        d.check_event(message.name, message.record)
+
+    def revoked(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            if self.main:
+                self.main.cursor.pop(tp.partition, None)
+            self.watermark.pop(tp.partition, None)
 
     def _results_partitions(self, consumer: KafkaConsumer) -> list[int]:
         found = consumer.partitions_for_topic(self.settings.topic(RESULTS_TOPIC))
@@ -226,6 +238,9 @@ class Distributor:
                 out = self._outgoing(row, receipt=False)
                 if name == DELIVERIES_TOPIC:
                     self.publisher.send(DELIVERIES_TOPIC, row.result_id.encode(), self.publisher.receipt(out))
+                    if row.ack_published:  # those still waiting go out from publish_acknowledgements
+                        receipt = self.publisher.receipt(out, row.acknowledged_at)
+                        self.publisher.send(DELIVERIES_TOPIC, row.result_id.encode(), receipt)
                 else:
                     self.publisher.send(out.topic, row.result_id.encode(), out.payload)
             self._record(self.publisher.flush())
@@ -247,6 +262,29 @@ class Distributor:
         self._send([self._outgoing(r) for r in rows], [])
         return len(rows)
 
+    def publish_acknowledgements(self) -> int:
+        """Send the ACKNOWLEDGED receipts of what HTTP consumers confirmed, then mark them sent.
+
+        A crash between the flush and the mark sends them again: readers drop the repeat by
+        (delivery_id, kind).
+        """
+        if self.main is None or not self.main.cursor:
+            return 0
+        rows = [r for r in self.ledger.acknowledged_waiting()  # by partition: one process sends each
+                if r.subscription in self.subscriptions and r.partition in self.main.cursor]
+        if not rows:
+            return 0
+        assert self.publisher is not None
+        for row in rows:
+            receipt = self.publisher.receipt(self._outgoing(row, receipt=False), row.acknowledged_at)
+            self.publisher.send(DELIVERIES_TOPIC, row.result_id.encode(), receipt)
+        highest = self.publisher.flush()
+        with self.ledger.writing() as conn:
+            self.ledger.mark_acks_published(conn, [r.id for r in rows])
+            self.ledger.record_offsets(conn, highest)
+        log.info("distributor_acknowledgements_sent", count=len(rows))
+        return len(rows)
+
     def publish_dead_letters(self) -> None:
         letters = self.ledger.unpublished_deadletters()
         if letters:
@@ -261,56 +299,59 @@ class Distributor:
         idle_exit: float | None = None,
     ) -> None:
         """Distribute until `stop` is set; a broker or database outage is retried with backoff."""
-        backoff = 0.5
-        idle_since: float | None = None
-        while not stop.is_set():
-            try:
-                if not self.ready:
-                    self.start()
-                step = self.step()
-                backoff = 0.5
-                if step.events or self.backfills:
-                    idle_since = None
-                elif idle_exit is not None:
-                    idle_since = idle_since or time.monotonic()
-                    if time.monotonic() - idle_since >= idle_exit:
-                        return
-            except Exception as exc:  # noqa: BLE001 - broker, database or a bug: never drop, retry
-                expected = isinstance(exc, KafkaError | DBAPIError | OSError | CursorMoved | TopicsLost)
-                (log.warning if expected else log.error)(
-                    "distributor_retrying",
-                    error=type(exc).__name__,
-                    retry_in_seconds=backoff,
-                    detail=None if expected else str(exc)[:300],
-                )
-                if on_error:
-                    on_error(exc)
-                self.close()
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
+        self.loop.run(stop, on_error=on_error, idle_exit=idle_exit)
 
     def step(self) -> Step:
         """One poll of the main reader, then due releases and a backfill batch."""
         assert self.main is not None
-        batch = self.main.consumer.poll(timeout_ms=100, max_records=self.batch)
-        if self._assigned_now:  # partitions just taken: send what their last owner left pending
-            partitions, self._assigned_now = self._assigned_now, []
-            self.publish_pending(partitions)
-        if batch:
-            step = self.process(self.main, batch)
-            metrics.processed(step.events)
-        else:
-            step = Step()
+        self._step = Step()
+        self.loop.step(self.main.consumer)
+        return self._step
+
+    def busy(self) -> bool:
+        return bool(self.backfills)
+
+    def process(self, batch: Batch) -> tuple[list[Outgoing], list[DeadLetter]]:
+        assert self.main is not None
+        self._publish_taken()
+        self._step, done = self._process(self.main, batch)
+        for item in batch.messages:
+            recorded, seen = item.record["recorded_at"], self.watermark.get(item.partition)
+            if seen is None or recorded > seen:
+                self.watermark[item.partition] = recorded
+        metrics.processed(self._step.events)
+        return done
+
+    def publish(self, done: tuple[list[Outgoing], list[DeadLetter]]) -> None:
+        self._step.sent = self._send(*done)
+
+    def stored(self, batch: Batch) -> dict[tuple[str, int], int]:
+        assert self.main is not None
+        return {(RESULTS_TOPIC, p): offset for p, offset in self.main.cursor.items()}
+
+    def tick(self, consumer: KafkaConsumer, polled: int) -> None:
+        """Between polls: pending sends of partitions just taken, idle watermarks, topic checks,
+        and once a second due releases, acknowledgements and backfills."""
+        if self.main is None:
+            return
+        self._publish_taken()
+        if not polled:
             self._idle()
         if time.monotonic() >= self._next_check:
             self.check_topics()
         if time.monotonic() >= self._next_housekeeping:  # holds and backfills: once a second is enough
             self._next_housekeeping = time.monotonic() + 1.0
             self.release_due()
+            self.publish_acknowledgements()
             self.backfill_step()
         elif self.backfills:
             self.backfill_step()
-        return step
+
+    def _publish_taken(self) -> None:
+        """Partitions just taken: send what their last owner left pending."""
+        if self._assigned_now:
+            partitions, self._assigned_now = self._assigned_now, []
+            self.publish_pending(partitions)
 
     def _idle(self) -> None:
         """Nothing came: partitions read to their end are caught up until now (asked once a second)."""
@@ -354,17 +395,15 @@ class Distributor:
         if lost:
             raise TopicsLost(", ".join(lost))
 
-    def process(self, reader: Reader, batch: dict[TopicPartition, list[Any]]) -> Step:
-        """Decide, record, publish and confirm one batch of rod.results.v1."""
-        items, letters = self._decode(batch)
-        step = Step(events=len(items), dead=len(letters))
-        ends = {
-            tp.partition: (records[-1].offset + 1, digest(records[-1].value)) for tp, records in batch.items()
-        }
+    def _process(self, reader: Reader, batch: Batch) -> tuple[Step, tuple[list[Outgoing], list[DeadLetter]]]:
+        """Decide and record one batch of rod.results.v1: what to send comes back."""
+        letters = list(batch.letters)
+        step = Step(events=len(batch.messages), dead=len(letters))
+        ends = {p: (rec.offset + 1, digest(rec.value)) for (_t, p), rec in batch.last.items()}
         with self.ledger.writing() as conn:
             states = self.ledger.states(conn, lock=True)
             subs = self._deciding(reader, states)
-            outgoing, rows, letters = self._decide(conn, reader, subs, states, items, letters)
+            outgoing, rows, letters = self._decide(conn, reader, subs, states, batch.messages, letters)
             self.ledger.insert(conn, rows)
             self.ledger.deadletters.record(conn, letters)  # with the cursor: one transaction
             for p, (next_offset, last) in ends.items():
@@ -373,27 +412,7 @@ class Distributor:
         for p, (next_offset, _last) in ends.items():
             reader.cursor[p] = next_offset
         step.decided = len(rows)
-        step.sent = self._send(outgoing, letters)
-        if reader is self.main:
-            for item in items:
-                recorded, seen = item.event["recorded_at"], self.watermark.get(item.partition)
-                if seen is None or recorded > seen:
-                    self.watermark[item.partition] = recorded
-            self._commit_group(reader)
-        return step
-
-    def _decode(self, batch: dict[TopicPartition, list[Any]]) -> tuple[list[Item], list[DeadLetter]]:
-        items: list[Item] = []
-        letters: list[DeadLetter] = []
-        for tp in sorted(batch, key=lambda t: t.partition):
-            for record in batch[tp]:
-                try:
-                    name, event = self.codec.decode(record.value)
-                    d.check_event(name, event)
-                    items.append(Item(tp.partition, record.offset, name, event, record))
-                except Exception as exc:  # noqa: BLE001 - anything that cannot be read is a dead letter
-                    letters.append(dead_letter(RESULTS_TOPIC, record, exc))
-        return items, letters
+        return step, (outgoing, letters)
 
     def _deciding(self, reader: Reader, states: dict[str, Any]) -> list[Subscription]:
         """The subscriptions this reader decides for now (a backfilling one has its own reader)."""
@@ -408,13 +427,13 @@ class Distributor:
         reader: Reader,
         subs: list[Subscription],
         states: dict[str, Any],
-        items: list[Item],
+        items: list[Message],
         letters: list[DeadLetter],
     ) -> tuple[list[Outgoing], list[dict], list[DeadLetter]]:
-        keys = [(s.name, i.event["event_id"]) for i in items for s in subs]
+        keys = [(s.name, i.record["event_id"]) for i in items for s in subs]
         existing = self.ledger.existing(conn, keys)
         prior_keys = [
-            (s.name, i.event["registered_event_id"]) for i in items if i.name == d.DELETED for s in subs
+            (s.name, i.record["registered_event_id"]) for i in items if i.name == d.DELETED for s in subs
         ]
         priors = self.ledger.existing(conn, [k for k in prior_keys if k not in existing])
         made: dict[tuple[str, str], tuple[d.Decision, int]] = {}
@@ -428,7 +447,7 @@ class Distributor:
             except Exception as exc:  # noqa: BLE001 - one event that cannot be decided must not stop the feed
                 if is_transient(exc):  # the database went away mid-batch: retry the batch, no letter
                     raise
-                letters.append(dead_letter(RESULTS_TOPIC, item.record, exc))
+                letters.append(dead_letter(RESULTS_TOPIC, item.raw, exc))
                 continue
             for key, decision in decided:
                 made[key] = (decision, item.partition)
@@ -447,6 +466,7 @@ class Distributor:
                 "reason": decision.reason,
                 "delivery_id": decision.delivery_id,
                 "payload": None,
+                "feed_json": None,
                 "partition": partition,
                 "due_at": decision.due_at,
                 "delivered_at": None,
@@ -454,7 +474,8 @@ class Distributor:
             }
             if decision.message is not None and decision.state != d.CANCELLED:
                 stamp = moment if decision.state == d.PENDING else decision.due_at
-                row["payload"] = self.codec.encode(sub.schema, {**decision.message, "delivered_at": stamp})
+                message = {**decision.message, "delivered_at": stamp}
+                row["payload"], row["feed_json"] = self._encoded(sub, message)
                 if decision.state == d.PENDING:
                     row["delivered_at"] = moment
                     outgoing.append(
@@ -476,7 +497,7 @@ class Distributor:
     def _decide_item(
         self,
         conn: Any,
-        item: Item,
+        item: Message,
         subs: list[Subscription],
         states: dict[str, Any],
         existing: dict,
@@ -486,7 +507,7 @@ class Distributor:
         outgoing: list[Outgoing],
     ) -> list[tuple[tuple[str, str], d.Decision]]:
         """The decisions of one event for every subscription (a repeat reuses the stored one)."""
-        event = item.event
+        event = item.record
         decided = []
         for sub in subs:
             key = (sub.name, event["event_id"])
@@ -519,6 +540,12 @@ class Distributor:
             return d.Prior(decision.state, decision.delivery_id)
         row = existing.get(key) or priors.get(key)
         return d.Prior(row.state, row.delivery_id) if row else None
+
+    def _encoded(self, sub: Subscription, message: dict[str, Any]) -> tuple[bytes, bytes]:
+        """A feed message as sent on Kafka (Avro) and as the HTTP feed serves it (JSON, made once
+        here so that a page of the HTTP feed is read, not decoded and rendered per request)."""
+        schema = self.codec.current[sub.schema]
+        return self.codec.encode_with(schema, message), render(schema, message)
 
     def _outgoing(self, row: Row, receipt: bool = True) -> Outgoing:
         sub = self.subscriptions[row.subscription]
@@ -557,15 +584,6 @@ class Distributor:
             )
         return len(known)
 
-    def _commit_group(self, reader: Reader) -> None:
-        """Commit the group's offsets for operators to see; the ledger's cursor stays the truth."""
-        topic = self.settings.topic(RESULTS_TOPIC)
-        offsets = {TopicPartition(topic, p): OffsetAndMetadata(o, "", -1) for p, o in reader.cursor.items()}
-        try:
-            reader.consumer.commit(offsets)
-        except KafkaError as exc:  # a rebalance or a solo reader: the cursor is in the ledger anyway
-            log.debug("distributor_commit_skipped", error=type(exc).__name__)
-
     # holds
 
     def release_due(self) -> int:
@@ -592,8 +610,8 @@ class Distributor:
             for row in rows:
                 sub = self.subscriptions[row.subscription]
                 _name, message = self.codec.decode(row.payload or b"")
-                payload = self.codec.encode(sub.schema, {**message, "delivered_at": moment})
-                if self.ledger.release(conn, row, payload, moment):
+                payload, rendered = self._encoded(sub, {**message, "delivered_at": moment})
+                if self.ledger.release(conn, row, payload, rendered, moment):
                     row.payload, row.delivered_at = payload, moment
                     outgoing.append(self._outgoing(row))
         self._send(outgoing, [])
@@ -642,11 +660,11 @@ class Distributor:
                 continue
             if reader is None:
                 reader = self.backfills[name] = self._backfill_reader(name)
-            batch = reader.consumer.poll(timeout_ms=100, max_records=self.batch)
+            batch = self.loop.decode(self.loop.poll(reader.consumer))
             if batch and total is not None:
-                step = self.process(reader, batch)
+                step, done = self._process(reader, batch)
                 total.events += step.events
-                total.sent += step.sent
+                total.sent += self._send(*done)
             if self.ledger.finish_backfill(name, self.owner, reader.cursor):
                 log.info("distributor_backfill_done", subscription=name)
                 reader.consumer.close()
@@ -672,22 +690,3 @@ class Distributor:
             self.publisher.close()
             self.publisher = None
         self.ready = False
-
-
-class _Listener(ConsumerRebalanceListener):
-    """Group membership: a partition is read from the ledger's cursor when it is assigned."""
-
-    def __init__(self, distributor: Distributor) -> None:
-        self.distributor = distributor
-
-    def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        main = self.distributor.main
-        for tp in revoked:
-            if main:
-                main.cursor.pop(tp.partition, None)
-            self.distributor.watermark.pop(tp.partition, None)
-
-    def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        if self.distributor.main and assigned:
-            self.distributor.take(self.distributor.main, sorted(tp.partition for tp in assigned))
-

@@ -52,7 +52,8 @@ class SchemaVersion:
 def schema_fingerprint(schema: Any) -> bytes:
     """CRC-64-AVRO of the Parsing Canonical Form, as the 8 little-endian bytes on the wire."""
     canonical = to_parsing_canonical_form(fastavro.parse_schema(schema, named_schemas={}))
-    return int(fingerprint(canonical, "CRC-64-AVRO"), 16).to_bytes(8, "little")
+    # fastavro's hex already spells the little-endian bytes (the "null" vector: 8a8f25cce724dd63)
+    return bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
 
 
 def _load(path: Path, name: str, version: int) -> SchemaVersion:

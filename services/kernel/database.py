@@ -7,6 +7,7 @@ readers never wait (WAL). On PostgreSQL writers serialise themselves with row lo
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -51,10 +52,15 @@ def writing(engine: Engine) -> Iterator[Connection]:
         yield conn
 
 
-def create_tables(metadata: MetaData, engine: Engine) -> None:
-    """Create the missing tables of `metadata`; another process creating them at the same moment
-    (several `rod` processes starting on one database) is fine: the loser looks again."""
-    try:
-        metadata.create_all(engine)
-    except DatabaseError:
-        metadata.create_all(engine)
+def create_tables(metadata: MetaData, engine: Engine, attempts: int = 5) -> None:
+    """Create the missing tables of `metadata`; other processes creating tables at the same moment
+    (several `rod` processes starting on one database) are fine: the loser waits and looks again
+    (on SQLite a schema read cannot become a write while another process writes)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            metadata.create_all(engine)
+            return
+        except DatabaseError:
+            if attempt == attempts:
+                raise
+            time.sleep(0.1 * attempt)

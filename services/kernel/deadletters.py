@@ -14,7 +14,7 @@ never dead letters: `is_transient` tells the loops which exceptions to retry ins
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -181,16 +181,18 @@ def send(
     )
 
 
-def add_missing_columns(engine: Engine, table: Table) -> None:
-    """Tables made before the close columns existed get them (all nullable): no data moves."""
+def add_missing_columns(engine: Engine, table: Table) -> bool:
+    """Tables made before some (nullable) columns existed get them: no data moves. True when
+    columns were added."""
     present = {c["name"] for c in inspect(engine).get_columns(table.name)}
     missing = [c for c in table.columns if c.name not in present and c.nullable]
     if not missing:
-        return
+        return False
     with writing(engine) as conn:
         for column in missing:
             kind = column.type.compile(dialect=engine.dialect)
             conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
+    return True
 
 
 class DeadLetterBook:
@@ -322,3 +324,29 @@ class DeadLetterBook:
             )
             row = conn.execute(select(t).where(t.c.id == number)).first()
         return from_row(row) if row else None
+
+
+# --- replaying: each service gives its own function; the top installs them --------------------
+
+Replayer = Callable[[Settings, str, Any], str]  # (settings, bootstrap, stored letter row) -> what it did
+_replayers: dict[str, Replayer] = {}
+
+
+def install_replayers(replayers: dict[str, Replayer]) -> None:
+    """The services' replay functions by service name (services/app.py knows them all)."""
+    _replayers.update(replayers)
+
+
+def replayer(service: str) -> Replayer:
+    """How `service` runs one of its dead letters again (its own processing)."""
+    return _replayers[service]
+
+
+class StoredRecord:
+    """A stored letter as the consumer record it was: the fields the services' processing reads."""
+
+    def __init__(self, row: Any) -> None:
+        self.topic, self.partition, self.offset = row.topic, row.partition, row.offset
+        self.key = None if row.key is None else bytes(row.key)
+        self.value = b"" if row.value is None else bytes(row.value)
+

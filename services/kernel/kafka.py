@@ -133,7 +133,11 @@ def topic_holds(bootstrap: str, cluster_topic: str, recorded: dict[int, int]) ->
     consumer = probe(bootstrap)
     try:
         partitions = [TopicPartition(cluster_topic, p) for p in recorded]
-        ends = consumer.end_offsets(partitions)
+        try:
+            ends = consumer.end_offsets(partitions)
+        except KeyError:  # kafka-python loses a partition's answer while a new broker settles
+            time.sleep(1.0)
+            ends = consumer.end_offsets(partitions)
         # the local broker can report its end short by one batch: look for the records themselves
         doubtful = {
             tp.partition: recorded[tp.partition]

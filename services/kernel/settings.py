@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-SERVICES = ("registrar", "distributor", "audit", "operations")  # operations: operator tooling
+from services.kernel.logging import get_logger
+
+SERVICES = ("registrar", "distributor", "audit", "operations", "extract")  # operations: operator tooling
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,31 @@ class Settings:
         """The topic's name on the cluster: ROD_TOPIC_PREFIX prepended as it is."""
         return self.topic_prefix + name
 
+    def group(self, name: str) -> str:
+        """The consumer group's id on the cluster: prefixed like the topics, so systems sharing a
+        cluster never join (and rebalance) each other's groups."""
+        return self.topic_prefix + name
+
     @property
     def bootstrap_file(self) -> Path:
         """Where `rod up` writes the address of the local broker it started."""
         return self.data_dir / "kafka.bootstrap"
+
+
+def private_data_dir(data_dir: Path) -> None:
+    """Create `data_dir` 700 and have this process create every file 600 and directory 700 (the
+    databases and their write-ahead logs hold person numbers in clear); warn, without changing
+    anything, when an existing data dir or a file in it is open to others."""
+    os.umask(0o077)
+    if not data_dir.exists():
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return
+    mode = stat.S_IMODE(data_dir.stat().st_mode)
+    too_open = 0
+    for folder, _, names in os.walk(data_dir):
+        for name in names:
+            found = os.lstat(os.path.join(folder, name))
+            too_open += stat.S_ISREG(found.st_mode) and bool(found.st_mode & 0o077)
+    if mode & 0o077 or too_open:
+        get_logger("settings").warning("data_dir_too_open", data_dir=str(data_dir), mode=f"{mode:o}",
+                                       files_too_open=too_open, wanted="700 for the dir, 600 for its files")

@@ -13,7 +13,7 @@ import click
 from services.kernel.broker import BrokerUnavailable, resolve_bootstrap
 from services.kernel.settings import Settings
 from services.operations.actions import ActionLog
-from services.operations.identity import OperatorError, add_operator, os_user
+from services.operations.identity import OperatorError, add_operator, os_user, rotate_operator
 from services.operations.store import OperationsStore
 
 
@@ -60,6 +60,30 @@ def operator_add(ctx: click.Context, name: str, as_name: str | None) -> None:
         raise click.ClickException(str(exc)) from None
     record_cli_action(settings, as_name, "operator-add", name, "new operator")
     click.echo(f"operator {name} added; the token below is shown once")
+    click.echo(token)
+
+
+def reason_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """`--reason TEXT` of a token's rotation (recorded with the action)."""
+    return click.option("--reason", default="rotated", show_default=True,
+                        help="Why, for the record on rod.operations.v1.")(command)
+
+
+@operator.command("rotate-token")
+@click.argument("name")
+@reason_option
+@as_option
+@click.pass_context
+def operator_rotate_token(ctx: click.Context, name: str, reason: str, as_name: str | None) -> None:
+    """A new token for operator NAME (the last line); the old one and its console sessions end at once."""
+    settings: Settings = ctx.obj["settings"]
+    store = OperationsStore(settings.database_urls["operations"])
+    try:
+        token = rotate_operator(store, name, as_name or os_user(), reason)
+    except OperatorError as exc:
+        raise click.ClickException(str(exc)) from None
+    record_cli_action(settings, as_name, "token-rotate", f"operator:{name}", reason)
+    click.echo(f"operator {name}: new token below (shown once); the old one and its sessions ended")
     click.echo(token)
 
 
@@ -112,6 +136,14 @@ def render(view: dict[str, Any], attention: list[str]) -> str:
         lines.append(f"  {s['name']:<14} {s['state']:<8} {s['delivered']:>9} {s['withdrawn']:>9} "
                      f"{s['held']:>6} {s['skipped']:>8} {s['pending']:>8} "
                      f"{_age(s['pending_age_seconds']):>6}  {s['last_delivered_at'] or '-'}")
+    if view.get("consumers"):
+        lines += ["", "HTTP FEED CONSUMERS",
+                  f"  {'NAME':<20} {'SUBSCRIPTION':<14} {'UNACKED':>8} {'WAITING':>8} {'ACKED AGO':>9}"
+                  "  LAST FETCH"]
+        for c in view["consumers"]:
+            lines.append(f"  {c['name']:<20} {c['subscription']:<14} {c['unacknowledged']:>8} "
+                         f"{_age(c['oldest_unacknowledged_age_seconds']):>8} "
+                         f"{_age(c['acknowledgement_age_seconds']):>9}  {c['last_fetch_at'] or '-'}")
     letters = view["deadletters"]
     lines += ["", f"DEAD LETTERS  open {letters['open']}  total {letters['total']}", ""]
     lines += [f"ATTENTION: {a}" for a in attention] or ["all OK"]

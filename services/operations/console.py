@@ -4,6 +4,8 @@ Server-rendered HTML (Jinja2, autoescaped), no script, no external asset; a stri
 Content-Security-Policy says so to the browser. Who may look and act: an operator, by a
 session cookie from `/ops/login` or by `Authorization: Bearer <operator token>`. An
 institution token is recognised only to answer 403 instead of 401: it never opens the console.
+A wrong token (form or header) is logged and counts, with the API's, towards the block of its
+client address (429 with Retry-After; a live session cookie is not held up).
 
 Actions are POST forms. With a session cookie each form carries the session's CSRF token
 (compared in constant time) and a cross-site Origin is refused, so another site cannot make
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -42,9 +44,11 @@ from services.kernel.codec import Codec
 from services.kernel.database import make_engine
 from services.kernel.logging import get_logger, mask_digits
 from services.kernel.settings import Settings
+from services.kernel.text import is_unicode
+from services.kernel.throttle import FailedLogins, client_address, retry_after
 from services.operations.actions import ActionLog
 from services.operations.identity import operator_for
-from services.operations.store import OperationsStore, sessions
+from services.operations.store import OperationsStore, flashes, sessions
 from services.registrar.verify import last_verification
 
 log = get_logger("operations.console")
@@ -52,17 +56,18 @@ log = get_logger("operations.console")
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 COOKIE = "rod_ops_session"
 SESSION_HOURS = 12
+FLASH_MINUTES = 10  # an action's outcome waits this long for the page that shows it
 FORM_LIMIT = 16 * 1024  # bytes of a console form; a reason is a sentence
 REASON_MAX = 500
 REPORTS_SHOWN = 10
-_TARGET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,119}$")
+_TARGET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,119}")  # fullmatch: no trailing newline
 SUBSCRIPTION_ACTIONS = {
     "pause": {"paused": True},
     "resume": {"paused": False},
     # the running distributor sees the mode and sends the feed again from the start of the log
     "replay": {"mode": "backfilling", "backfill_owner": None, "backfill_heartbeat": None},
 }
-DONE = {  # the only messages a redirect can ask the page to show: (action, outcome) → text
+DONE = {  # what the page says after an action: (action, outcome) → text
     ("subscription-pause", "ok"): "paused",
     ("subscription-resume", "ok"): "resumed",
     ("subscription-replay", "ok"): "replay requested (the running distributor sends the feed again)",
@@ -75,13 +80,21 @@ DONE = {  # the only messages a redirect can ask the page to show: (action, outc
 }
 
 
+LOGIN_REFUSALS = {  # a failed login's outcome → its answer
+    "missing": (401, "Log in with an operator token."),
+    "invalid": (401, "This token is not an operator's."),
+    "forbidden": (403, "An institution token does not open the operator console."),
+}
+
+
 class Refused(Exception):
     """An answer other than the page: status and a short message free of personal data."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers or {}
 
 
 @dataclass(frozen=True)
@@ -110,10 +123,12 @@ class Console:
 
     def __init__(
         self, settings: Settings, is_institution_token: Callable[[str], bool], registrar_engine: Engine,
-        bootstrap: str | None = None,
+        bootstrap: str | None = None, failed_logins: FailedLogins | None = None,
     ) -> None:
         self.settings = settings
         self.is_institution_token = is_institution_token
+        self.failed_logins = failed_logins or FailedLogins()
+        self.failed_logins.watch(["console"])
         self.registrar_engine = registrar_engine
         self._bootstrap = bootstrap
         self.store = OperationsStore(settings.database_urls["operations"])
@@ -162,16 +177,16 @@ class Console:
         """The operator behind the request; Refused(401) without a credential, 403 for an institution's."""
         header = request.headers.get("authorization")
         if header is not None:
+            client = self.unblocked_client(request)
             scheme, _, token = header.partition(" ")
             token = token.strip()
             if scheme.lower() != "bearer" or not token:
-                raise Refused(401, "Log in with an operator token.")
+                raise self.login_failed(request, client, "missing")
             name = operator_for(self.store, token)
             if name is not None:
                 return Operator(name)
-            if len(token) <= 256 and self.is_institution_token(token):
-                raise Refused(403, "An institution token does not open the operator console.")
-            raise Refused(401, "This token is not an operator's.")
+            forbidden = len(token) <= 256 and self.is_institution_token(token)
+            raise self.login_failed(request, client, "forbidden" if forbidden else "invalid")
         session_id = request.cookies.get(COOKIE)
         if session_id and len(session_id) <= 128:
             digest = _hash(session_id)
@@ -181,6 +196,21 @@ class Console:
             if alive and hmac.compare_digest(row.id_hash, digest):
                 return Operator(row.operator, row.id_hash, row.csrf)
         raise Refused(401, "Log in with an operator token.")
+
+    def unblocked_client(self, request: Request) -> str:
+        """The request's client address; Refused(429) while it is blocked for failed logins."""
+        client = client_address(request.scope)
+        wait = self.failed_logins.blocked(client, "console")
+        if wait is not None:
+            raise Refused(429, "Too many failed logins from your address: try again later.",
+                          {"retry-after": retry_after(wait)})
+        return client
+
+    def login_failed(self, request: Request, client: str, outcome: str) -> Refused:
+        """Record a failed login (a token, never the token itself); the refusal to raise."""
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        self.failed_logins.failed(client, "console", outcome, route)
+        return Refused(*LOGIN_REFUSALS[outcome])
 
     def start_session(self, operator: str) -> str:
         """A new session for `operator`; returns the id for the cookie (only its hash is stored)."""
@@ -193,6 +223,24 @@ class Console:
                 created_at=moment, expires_at=moment + timedelta(hours=SESSION_HOURS),
             ))
         return session_id
+
+    def flash(self, operator: str, message: str) -> str:
+        """Keep `message` for `operator`'s next page; returns the one-time id the redirect carries."""
+        flash_id = secrets.token_urlsafe(16)
+        moment = _now()
+        with self.store.writing() as conn:
+            conn.execute(delete(flashes).where(flashes.c.expires_at < moment))
+            conn.execute(insert(flashes).values(id_hash=_hash(flash_id), operator=operator, message=message,
+                                                expires_at=moment + timedelta(minutes=FLASH_MINUTES)))
+        return flash_id
+
+    def take_flash(self, operator: str, flash_id: str) -> str | None:
+        """The message kept under `flash_id` for `operator`, once: taking it deletes it."""
+        mine = (flashes.c.id_hash == _hash(flash_id)) & (flashes.c.operator == operator)
+        with self.store.writing() as conn:
+            row = conn.execute(select(flashes).where(mine)).first()
+            conn.execute(delete(flashes).where(mine))
+        return row.message if row is not None and _aware(row.expires_at) > _now() else None
 
     def end_session(self, operator: Operator) -> None:
         if operator.session:
@@ -350,9 +398,15 @@ async def _form(request: Request) -> dict[str, str]:
         if len(body) > FORM_LIMIT:
             raise Refused(413, "The form is too large.")
     try:
-        parsed = parse_qs(body.decode(), keep_blank_values=True, max_num_fields=20)
-    except (UnicodeDecodeError, ValueError):
+        # bytes that are not UTF-8 become lone surrogates (not U+FFFD), so they are refused below
+        parsed = parse_qs(body.decode(errors="surrogateescape"), keep_blank_values=True, max_num_fields=20,
+                          errors="surrogateescape")
+    except ValueError:
         raise Refused(400, "The form could not be read.") from None
+    for key, values in parsed.items():
+        if not all(map(is_unicode, [key, *values])):
+            field = key if is_unicode(key) and key.isidentifier() and len(key) <= 40 else "?"
+            raise Refused(422, f"TEXT_NOT_UNICODE: the form field {field} is not valid text (Unicode).")
     return {key: values[0] for key, values in parsed.items()}
 
 
@@ -386,18 +440,22 @@ def _checked(operator: Operator, form: dict[str, str]) -> str:
 
 def console_router(
     settings: Settings, is_institution_token: Callable[[str], bool], registrar_engine: Engine,
-    bootstrap: str | None = None,
+    bootstrap: str | None = None, failed_logins: FailedLogins | None = None,
 ) -> APIRouter:
-    """`/ops`, `/ops/login`, `/ops/logout` and the actions, for the system of `settings`."""
+    """`/ops`, `/ops/login`, `/ops/logout` and the actions, for the system of `settings`; failed
+    logins go to `failed_logins` (the app shares one with the gate)."""
     router = APIRouter(tags=["operations"], include_in_schema=False)
-    console = Console(settings, is_institution_token, registrar_engine, bootstrap)
+    console = Console(settings, is_institution_token, registrar_engine, bootstrap, failed_logins)
 
     def refused(refusal: Refused) -> HTMLResponse:
-        if refusal.status == 401:
-            response = console.render("login.html", 401, message=refusal.message)
-            response.headers["www-authenticate"] = 'Bearer realm="rod-ops"'
-            return response
-        return console.render("refused.html", refusal.status, message=refusal.message)
+        if refusal.status in (401, 429):
+            response = console.render("login.html", refusal.status, message=refusal.message)
+            if refusal.status == 401:
+                response.headers["www-authenticate"] = 'Bearer realm="rod-ops"'
+        else:
+            response = console.render("refused.html", refusal.status, message=refusal.message)
+        response.headers.update(refusal.headers)
+        return response
 
     @router.get("/ops/login")
     def login_form() -> HTMLResponse:
@@ -407,14 +465,14 @@ def console_router(
     async def login(request: Request) -> Response:
         try:
             _same_origin(request)
+            client = console.unblocked_client(request)
             token = (await _form(request)).get("token", "").strip()
             name = await run_in_threadpool(operator_for, console.store, token)
             if name is None:
                 institution = bool(token) and len(token) <= 256 and await run_in_threadpool(
                     console.is_institution_token, token)
-                raise Refused(403 if institution else 401,
-                              "An institution token does not open the operator console." if institution
-                              else "This token is not an operator's.")
+                outcome = "forbidden" if institution else "invalid" if token else "missing"
+                raise console.login_failed(request, client, outcome)
         except Refused as refusal:
             return refused(refusal)
         session_id = await run_in_threadpool(console.start_session, name)
@@ -439,16 +497,13 @@ def console_router(
         return response
 
     @router.get("/ops")
-    def page(
-        request: Request, done: str | None = None, outcome: str = "ok", target: str | None = None
-    ) -> HTMLResponse:
+    def page(request: Request, flash: str | None = None) -> HTMLResponse:
         try:
             operator = console.identify(request)
         except Refused as refusal:
             return refused(refusal)
-        message = None
-        if (done, outcome) in DONE and target and _TARGET.match(target):
-            message = f"{target}: {DONE[(done, outcome)]}"
+        # an outcome is shown only from the server's own record of the action, never from the URL
+        message = console.take_flash(operator.name, flash) if flash and len(flash) <= 64 else None
         facts = console.facts()
         return console.render("console.html", operator=operator, message=message, mask=mask_digits,
                               now=_now(), **facts)
@@ -465,19 +520,22 @@ def console_router(
             return refused(refusal)
         log.info("operator_action", operator=operator.name, action=action, target=target, via="console",
                  outcome=outcome)
-        query = urlencode({"done": action, "outcome": outcome, "target": target})
-        return RedirectResponse(f"/ops?{query}", status_code=303)
+        said = DONE.get((action, outcome))
+        if said is None:
+            return RedirectResponse("/ops", status_code=303)
+        flash_id = await run_in_threadpool(console.flash, operator.name, f"{target}: {said}")
+        return RedirectResponse(f"/ops?flash={flash_id}", status_code=303)
 
     @router.post("/ops/subscriptions/{name}/{action}")
     async def subscription(request: Request, name: str, action: str) -> Response:
-        if action not in SUBSCRIPTION_ACTIONS or not _TARGET.match(name):
+        if action not in SUBSCRIPTION_ACTIONS or not _TARGET.fullmatch(name):
             return refused(Refused(404, "No such action."))
         return await act(request, lambda who, why: console.subscription_action(who, name, action, why),
                          f"subscription-{action}", name)
 
     @router.post("/ops/deadletters/{letter}/{action}")
     async def deadletter(request: Request, letter: str, action: str) -> Response:
-        if action not in ("replay", "discard") or not _TARGET.match(letter):
+        if action not in ("replay", "discard") or not _TARGET.fullmatch(letter):
             return refused(Refused(404, "No such action."))
         return await act(request, lambda who, why: console.deadletter_action(who, letter, action, why),
                          f"deadletter-{action}", letter)

@@ -1,8 +1,10 @@
 """The operator's view over the dead letters of every consuming service.
 
 Each service keeps its own table (distributor_deadletters, audit_deadletters,
-registrar_deadletters) in its own database; this module reads them through each
-service's database URL and names a letter "<service>:<number>" (e.g. distributor:3).
+registrar_deadletters, extract_deadletters) in its own database; this module reads them
+through each service's database URL and names a letter "<service>:<number>" (e.g.
+distributor:3). A replay runs the letter through its own service's processing: each service
+gives that function, and the top (services/app.py) installs them in the kernel's registry.
 `counts` is only COUNT queries: `rod topics`, the console and /metrics call it often.
 """
 
@@ -17,7 +19,7 @@ from sqlalchemy import MetaData, inspect
 from sqlalchemy.engine import Engine
 
 from services.kernel.database import make_engine
-from services.kernel.deadletters import OPEN, DeadLetterBook, Failed, deadletter_table, is_transient
+from services.kernel.deadletters import OPEN, DeadLetterBook, deadletter_table, is_transient, replayer
 from services.kernel.settings import Settings
 
 # service → its table (in that service's own database)
@@ -25,6 +27,7 @@ TABLES = {
     "distributor": "distributor_deadletters",
     "audit": "audit_deadletters",
     "registrar": "registrar_deadletters",
+    "extract": "extract_deadletters",
 }
 
 _metadata = MetaData()
@@ -108,126 +111,6 @@ def _origin(row: Any) -> dict[str, Any]:
     return {"topic": row.topic, "partition": row.partition, "offset": row.offset}
 
 
-def _value(row: Any) -> bytes:
-    return b"" if row.value is None else bytes(row.value)
-
-
-def _replay_distributor(settings: Settings, bootstrap: str, row: Any) -> str:
-    """Decode, check and decide for the live subscriptions in ONE ledger transaction, with the
-    distributor's own machinery (UNIQUE(subscription, event_id): an event already decided is
-    not decided again), then send feed messages and receipts as the loop does."""
-    from services.distributor import decide as d
-    from services.distributor.feeds import DELIVERIES_TOPIC, Publisher, ensure_topic
-    from services.distributor.loop import Distributor, Item, Reader
-
-    dist = Distributor(settings, bootstrap)
-    try:
-        name, event = dist.codec.decode(_value(row))
-        d.check_event(name, event)
-        record = _Record(row)
-        item = Item(row.partition, row.offset, name, event, record)
-        reader = Reader("deadletter-replay", None)  # type: ignore[arg-type] - decides, never polls
-        with dist.ledger.writing() as conn:
-            states = dist.ledger.states(conn, lock=True)
-            subs = dist._deciding(reader, states)
-            skipped = _deleted_first(dist, conn, subs, name, event)
-            subs = [s for s in subs if s.name not in skipped]
-            outgoing, rows, letters = dist._decide(conn, reader, subs, states, [item], [])
-            if letters:
-                raise Failed(letters[0])
-            rows += [_skipped_row(name, event, row.partition) for name in sorted(skipped)]
-            dist.ledger.insert(conn, rows)
-        if outgoing:
-            for topic in {o.topic for o in outgoing} | {DELIVERIES_TOPIC}:
-                ensure_topic(settings, bootstrap, topic)
-            dist.publisher = Publisher(settings, bootstrap, dist.codec)
-            dist._send(outgoing, [])
-        sent = sorted({o.subscription for o in outgoing})
-        parts = [f"{len(rows)} new decision(s)", f"sent to {', '.join(sent)}" if sent else "nothing sent"]
-        if skipped:
-            parts.append(f"not delivered to {', '.join(sorted(skipped))}: its deletion was decided first")
-        return "; ".join(parts)
-    finally:
-        dist.close()
-        dist.ledger.dispose()
-
-
-def _deleted_first(dist: Any, conn: Any, subs: list[Any], name: str, event: dict[str, Any]) -> set[str]:
-    """Subscriptions that already decided the deletion of this registration.
-
-    A registration that comes back through a replay may be older than its deletion, which was
-    decided (as NOT_DELIVERED) while the registration sat here. Delivering it now would put a
-    deleted result on a feed and never withdraw it: it is recorded as skipped instead. The
-    deletion's event id is the registration's result and version + 1 (deterministic ids); a
-    deletion that is itself still a dead letter is decided by its own replay, which finds the
-    registration's decision and withdraws it as usual.
-    """
-    from services.distributor import decide as d
-    from services.registrar.store import event_id_for
-
-    if name != d.REGISTERED or not subs:
-        return set()
-    deletion = event_id_for(event["result_id"], event["version"] + 1)
-    found = dist.ledger.existing(conn, [(s.name, deletion) for s in subs])
-    ended = (d.NOT_DELIVERED, d.HOLD_CANCELLED)  # what a deletion decides (v + 1 may be a correction)
-    return {sub for (sub, _event), row in found.items() if row.kind == "WITHDRAWAL" or row.reason in ended}
-
-
-def _skipped_row(subscription: str, event: dict[str, Any], partition: int) -> dict[str, Any]:
-    from services.distributor.ledger import now
-
-    return {
-        "subscription": subscription, "event_id": event["event_id"], "result_id": event["result_id"],
-        "institution": event["institution"], "state": "skipped", "kind": None, "reason": "DELETED_FIRST",
-        "delivery_id": None, "payload": None, "partition": partition, "due_at": None,
-        "delivered_at": None, "decided_at": now(),
-    }
-
-
-def _replay_audit(settings: Settings, _bootstrap: str, row: Any) -> str:
-    """Apply to the projection (rows inserted if absent; the chain check fills its gap)."""
-    from services.audit.projection import Batch, Projection
-    from services.audit.reader import Decoder, now_ms
-
-    projection = Projection(settings.database_urls["audit"])
-    try:
-        batch = Batch()
-        Decoder(settings).add(batch, row.topic, _value(row))
-        projection.apply(batch, now_ms())
-        return f"applied to the projection ({len(batch)} row(s), inserted if absent)"
-    finally:
-        projection.dispose()
-
-
-def _replay_registrar(settings: Settings, _bootstrap: str, row: Any) -> str:
-    """Record the receipt (idempotent by delivery_id / extract_id)."""
-    from services.kernel.codec import DecodeError
-    from services.registrar.impact import EXPECTED, ImpactReader, ImpactStore
-
-    engine = make_engine(settings.database_urls["registrar"])
-    try:
-        store = ImpactStore(engine)
-        name, record = ImpactReader(store, settings, "").codec.decode(_value(row))
-        if name not in EXPECTED:
-            raise DecodeError("RECORD_UNEXPECTED", name)
-        store.record([(name, record)])
-        return f"{name} recorded (inserted if absent)"
-    finally:
-        engine.dispose()
-
-
-REPLAYERS = {"distributor": _replay_distributor, "audit": _replay_audit, "registrar": _replay_registrar}
-
-
-class _Record:
-    """The few consumer-record fields the services' processing reads."""
-
-    def __init__(self, row: Any) -> None:
-        self.topic, self.partition, self.offset = row.topic, row.partition, row.offset
-        self.key = None if row.key is None else bytes(row.key)
-        self.value = _value(row)
-
-
 def _action_log(settings: Settings, bootstrap: str | None) -> Any:
     from services.operations.actions import ActionLog
     from services.operations.store import OperationsStore
@@ -283,7 +166,7 @@ def _replay_one(
         where = f"{service}, from {row.topic} partition {row.partition} offset {row.offset}"
         return {**base, "outcome": "would replay", "detail": f"would run through {where}", "failed": False}
     try:
-        detail = REPLAYERS[service](settings, bootstrap, row)
+        detail = replayer(service)(settings, bootstrap, row)
     except Exception as exc:  # noqa: BLE001 - what went wrong is the outcome, kept on the letter
         if is_transient(exc):  # the letter did not fail: its database or the broker is away
             return {**base, "outcome": "error", "detail": f"{type(exc).__name__}: not reachable, try again",

@@ -10,11 +10,11 @@ import getpass
 import hmac
 import re
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 
 from services.kernel.tokens import hash_token, new_token
 from services.operations.actions import now
-from services.operations.store import OperationsStore, operators
+from services.operations.store import OperationsStore, end_sessions, operators, token_marks
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,79}$")
 
@@ -33,7 +33,7 @@ def os_user() -> str:
 
 def add_operator(store: OperationsStore, name: str, created_by: str) -> str:
     """Create operator `name`; returns the new token (shown once, never stored)."""
-    if not NAME.match(name):
+    if not NAME.fullmatch(name):
         raise OperatorError("an operator name is 1-80 letters, digits, '.', '_', '@' or '-'")
     token = new_token()
     with store.writing() as conn:
@@ -51,8 +51,27 @@ def operator_for(store: OperationsStore, token: str | None) -> str | None:
     if not token or len(token) > 256:
         return None
     digest = hash_token(token)
+    revocations = token_marks[0]
     with store.reading() as conn:
-        row = conn.execute(select(operators).where(operators.c.token_hash == digest)).first()
+        row = conn.execute(select(operators).where(
+            operators.c.token_hash == digest,
+            ~select(revocations.c.id).where(revocations.c.token_hash == digest).exists(),
+        )).first()
     if row is None or not hmac.compare_digest(row.token_hash, digest):
         return None
+    store.tokens.touch(digest)
     return row.name
+
+
+def rotate_operator(store: OperationsStore, name: str, by: str, reason: str) -> str:
+    """A new token for operator `name`: the old one is revoked and their console sessions end."""
+    token = new_token()
+    with store.writing() as conn:
+        old = conn.execute(select(operators.c.token_hash).where(operators.c.name == name)).scalar()
+        if old is None:
+            raise OperatorError(f"no operator {name}")
+        if store.tokens.revoke_in(conn, old, by, reason) is None:  # revoked before: sessions end here
+            end_sessions(conn, name)
+        conn.execute(update(operators).where(operators.c.name == name)
+                     .values(token_hash=hash_token(token), created_at=now()))
+    return token

@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import Any
 
 from prometheus_client import REGISTRY
@@ -50,6 +51,7 @@ class OverviewCollector(Collector):
         overview = self.latest() or {}
         yield from _groups(overview.get("groups") or [])
         yield from _subscriptions(overview.get("subscriptions") or [])
+        yield from _consumers(overview.get("consumers") or [])
         yield from _topics(overview.get("topics") or [])
         yield from self._deadletters(overview.get("deadletters") or {})
         refreshed = GaugeMetricFamily(
@@ -136,6 +138,28 @@ def _subscriptions(subscriptions: list[dict[str, Any]]) -> Iterator[Any]:
         paused.add_metric(name, 1.0 if s.get("state") == "paused" else 0.0)
         held.add_metric(name, float(s.get("held") or 0))
     yield from (pending, age, paused, held)
+
+
+def _consumers(consumers: list[dict[str, Any]]) -> Iterator[Any]:
+    unacknowledged = GaugeMetricFamily(
+        "rod_feed_unacknowledged_messages",
+        "Messages on the consumer's HTTP feed it has not acknowledged yet.",
+        labels=["consumer", "subscription"])
+    waiting = GaugeMetricFamily(
+        "rod_feed_oldest_unacknowledged_age_seconds",
+        "How long the oldest unacknowledged message has been on the feed (0 when none waits): it grows "
+        "for as long as the consumer acknowledges nothing.", labels=["consumer", "subscription"])
+    fetched = GaugeMetricFamily(
+        "rod_feed_last_fetch_timestamp_seconds",
+        "When the consumer last fetched its HTTP feed (Unix time; 0: never).",
+        labels=["consumer", "subscription"])
+    for c in consumers:
+        labels = [str(c.get("name")), str(c.get("subscription"))]
+        unacknowledged.add_metric(labels, float(c.get("unacknowledged") or 0))
+        waiting.add_metric(labels, float(c.get("oldest_unacknowledged_age_seconds") or 0))
+        last = c.get("last_fetch_at")
+        fetched.add_metric(labels, datetime.fromisoformat(last).timestamp() if last else 0.0)
+    yield from (unacknowledged, waiting, fetched)
 
 
 def _topics(topics: list[dict[str, Any]]) -> Iterator[Any]:

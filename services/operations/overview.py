@@ -1,5 +1,8 @@
 """The one-screen view of the chain (`rod topics --json`), for the CLI, the console and /metrics.
 
+HTTP feed consumers are part of it: per consumer its last fetch, the subscription's last
+acknowledgement and how many deliveries (and for how long) wait for one.
+
 `gather(settings, bootstrap)` answers from broker metadata (topic partitions and end offsets,
 consumer groups, their members and committed offsets) and the services' own tables, read
 only: the registrar's chain head and relay progress, the distributor's ledger, the dead
@@ -373,6 +376,23 @@ def _subscriptions(
     return out, {(settings.topic(base), p): end for (base, p), end in written.items()}
 
 
+def _consumers(settings: Settings) -> list[dict[str, Any]]:
+    """Each HTTP feed consumer: last fetch, last acknowledgement and what waits for one."""
+    from services.distributor.feed import FeedStore
+
+    ledger = _ledger(settings)
+    if ledger is None:
+        return []
+    with _database("distributor"):
+        found = FeedStore(ledger).status()
+    for entry in found:
+        for key in ("last_fetch_at", "last_acknowledged_at"):
+            entry[key] = _iso(entry[key])
+        for key in ("acknowledgement_age_seconds", "oldest_unacknowledged_age_seconds"):
+            entry[key] = round(entry[key], 3) if entry[key] is not None else None
+    return found
+
+
 # the window of samples
 
 
@@ -431,6 +451,7 @@ def gather(settings: Settings, bootstrap: str, *, sample: bool = True) -> dict[s
     subscriptions, written_ends = _subscriptions(
         settings, bootstrap, registrar, registrar_engine, broker, moment
     )
+    consumers = _consumers(settings)
     try:
         letters = deadletters.counts(settings)
     except SQLAlchemyError as exc:
@@ -509,6 +530,7 @@ def gather(settings: Settings, bootstrap: str, *, sample: bool = True) -> dict[s
         "relay": relay,
         "groups": groups,
         "subscriptions": subscriptions,
+        "consumers": consumers,
         "deadletters": letters,
         "window_seconds": window,
         "gathered_at": moment.isoformat(),
@@ -520,6 +542,7 @@ def needs_attention(overview: dict[str, Any], pending_age_limit: float | None = 
     limit = pending_age_limit if pending_age_limit is not None else float(
         os.environ.get("ROD_PENDING_AGE_ALERT_SECONDS") or 300.0
     )
+    ack_limit = float(os.environ.get("ROD_ACK_AGE_ALERT_SECONDS") or 1800.0)
     found = []
     relay = overview["relay"]
     if relay.get("status", judging.OK) != judging.OK:
@@ -533,6 +556,10 @@ def needs_attention(overview: dict[str, Any], pending_age_limit: float | None = 
         elif (s.get("pending_age_seconds") or 0) > limit:
             found.append(f"subscription {s['name']}: oldest pending event waited "
                          f"{s['pending_age_seconds']:.0f} s")
+    for c in overview.get("consumers", []):
+        if (c.get("oldest_unacknowledged_age_seconds") or 0) > ack_limit:
+            found.append(f"consumer {c['name']} of {c['subscription']}: {c['unacknowledged']} deliveries "
+                         f"unacknowledged, the oldest for {c['oldest_unacknowledged_age_seconds']:.0f} s")
     if overview["deadletters"].get("open"):
         found.append(f"{overview['deadletters']['open']} dead letters open")
     return found

@@ -17,10 +17,12 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    delete,
 )
 from sqlalchemy.engine import Connection
 
 from services.kernel.database import ROW_ID, create_tables, make_engine, writing
+from services.kernel.tokens import TokenMarks, mark_tables
 
 metadata = MetaData()
 
@@ -48,6 +50,8 @@ operators = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("created_by", String(80), nullable=False),
 )
+
+token_marks = mark_tables(metadata, "operations")  # revoked operator tokens (a rotated one's too), last uses
 
 # every operator action; `published` turns true once it is on rod.operations.v1 (an outbox)
 actions = Table(
@@ -78,12 +82,30 @@ sessions = Table(
 )
 
 
+def end_sessions(conn: Connection, operator: str) -> None:
+    """An operator's console sessions end with their token (revoked or rotated)."""
+    conn.execute(delete(sessions).where(sessions.c.operator == operator))
+
+
+# an action's outcome kept for the page the console redirects to: shown once, then deleted; the
+# redirect carries a random id whose hash is the key, so a URL alone can claim nothing
+flashes = Table(
+    "operations_flashes",
+    metadata,
+    Column("id_hash", String(64), primary_key=True),
+    Column("operator", String(80), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False, index=True),
+)
+
+
 class OperationsStore:
     """The operations database."""
 
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
         create_tables(metadata, self.engine)
+        self.tokens = TokenMarks(self.engine, "operator", operators, "name", token_marks, end_sessions)
 
     @contextmanager
     def writing(self) -> Iterator[Connection]:

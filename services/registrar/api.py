@@ -1,13 +1,15 @@
 """The registrar's HTTP API (interfaces.md): thin endpoints over the same command handlers
 as the CLI. Every 4xx and 5xx body is {"errors": [{"field", "code", "message"}]}.
 
-    app = create_app(registrar, batch_store, impact_store, upload_dir=Path("var/uploads"))
+    app.include_router(registrar_router(registrar, batch_store, impact_store, upload_dir=Path("var/uploads")))
+
+The app itself (the gate, the error handlers, every service's router) is put together at the
+top, in services/app.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import csv
 import io
 import json
 import re
@@ -16,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Query, Request, Response, Security
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPBearer
@@ -25,7 +27,11 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services.kernel import csv_cells
 from services.kernel.codec import Codec
+from services.kernel.codes import Problem, problem
+from services.kernel.gate import error_body
+from services.kernel.text import NOT_UNICODE
 from services.registrar import metrics
 from services.registrar.api_models import (
     BatchOut,
@@ -39,9 +45,7 @@ from services.registrar.api_models import (
     ResultOut,
 )
 from services.registrar.batches import BatchStore
-from services.registrar.codes import Problem, problem
 from services.registrar.commands import FileRefused, Registrar
-from services.registrar.gate import Gate, TokenBook, error_body
 from services.registrar.impact import ImpactStore
 from services.registrar.rules import check_deletion
 from services.registrar.store import StoredEvent, results
@@ -96,23 +100,19 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 # --- the app -------------------------------------------------------------------------------------
 
 
-def create_app(
+def registrar_router(
     registrar: Registrar, batch_store: BatchStore, impact_store: ImpactStore, *,
     upload_dir: Path, upload_limit: int = UPLOAD_LIMIT,
-) -> FastAPI:
+) -> APIRouter:
     """The registrar's API over one registrar, its batch feedback and its chain-impact tables."""
-    app = FastAPI(title="rodchain registrar", version="1", summary="The institutions' front door of ROD.")
+    router = APIRouter()
     store = registrar.store
     codec = Codec()
     upload_dir.mkdir(parents=True, exist_ok=True)
     served_metrics = metrics.Metrics(store)
     writer = RegistrationWriter(registrar)
 
-    install_error_handlers(app)
-    document_the_gate(app)
-    app.add_middleware(Gate, token_book=TokenBook(store.engine))
-
-    @app.post("/v1/results", status_code=201, response_model=RegisteredOut, tags=["results"],
+    @router.post("/v1/results", status_code=201, response_model=RegisteredOut, tags=["results"],
               responses={200: {"model": RegisteredOut, "description": "Already registered, identical"},
                          **_errors(400, 403, 409, 413)})
     async def register(body: RegistrationIn, response: Response, institution: Acting) -> dict[str, Any]:
@@ -131,7 +131,7 @@ def create_app(
         return {"result_id": outcome.result_id, "event_id": outcome.event_id, "position": outcome.position,
                 "warnings": [p.as_dict() for p in outcome.warnings]}
 
-    @app.post("/v1/results/{result_id}/deletions", status_code=201, response_model=DeletedOut | DryRunOut,
+    @router.post("/v1/results/{result_id}/deletions", status_code=201, response_model=DeletedOut | DryRunOut,
               tags=["results"], responses={
                   200: {"model": DryRunOut, "description": "Dry run: nothing deleted"},
                   **_errors(400, 403, 404, 409, 413)})
@@ -158,7 +158,7 @@ def create_app(
         return {"result_id": result_id, "event_id": outcome.event_id, "position": outcome.position,
                 "version": outcome.version, "event": _event_view(codec, stored), "impact": impact.as_dict()}
 
-    @app.get("/v1/results/{result_id}", response_model=ResultOut, tags=["results"],
+    @router.get("/v1/results/{result_id}", response_model=ResultOut, tags=["results"],
              responses=_errors(403, 404))
     def get_result(result_id: str, institution: Acting) -> dict[str, Any]:
         """The result's current state and its full event history, oldest first."""
@@ -174,7 +174,7 @@ def create_app(
                 "status": "deleted" if views[-1]["type"] == "ResultDeleted" else "registered",
                 "version": views[-1]["version"], "registration": latest, "events": views}
 
-    @app.post("/v1/batches", status_code=201, response_model=BatchOut, tags=["batches"],
+    @router.post("/v1/batches", status_code=201, response_model=BatchOut, tags=["batches"],
               responses=_errors(403, 413, 415), openapi_extra={"requestBody": {"required": True, "content": {
                   "text/csv": {"schema": {"type": "string", "format": "binary"}},
                   "application/xml": {"schema": {"type": "string", "format": "binary"}}}}})
@@ -210,7 +210,7 @@ def create_app(
             metrics.BATCH_OUTCOMES.labels(outcome=outcome).inc(counts[outcome])
         return summary.batch_id, counts
 
-    @app.get("/v1/batches/{batch_id}/feedback", tags=["batches"], response_model=None,
+    @router.get("/v1/batches/{batch_id}/feedback", tags=["batches"], response_model=None,
              responses={200: {"model": FeedbackOut, "content": {"text/csv": {"schema": {"type": "string"}}}},
                         **_errors(403, 404)})
     def feedback(
@@ -229,13 +229,13 @@ def create_app(
             )
         return StreamingResponse(_feedback_json(batch_store, batch), media_type="application/json")
 
-    @app.get("/healthz", tags=["operations"])
+    @router.get("/healthz", tags=["operations"])
     def healthz() -> dict[str, str]:
         """Liveness: the process answers."""
         return {"status": "ok"}
 
     if metrics.enabled():  # ROD_METRICS=off: no endpoint (the benchmark's baseline)
-        @app.get("/metrics", tags=["operations"], response_class=Response,
+        @router.get("/metrics", tags=["operations"], response_class=Response,
                  responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}})
         async def get_metrics() -> Response:
             """Prometheus text format: every service in this process (rendered on the event loop:
@@ -253,7 +253,7 @@ def create_app(
             raise ApiError(403, [problem("INSTITUTION_FORBIDDEN", "result_id")])
         return row
 
-    return app
+    return router
 
 
 def document_the_gate(app: FastAPI) -> None:
@@ -305,10 +305,12 @@ def _validation_problem(error: dict[str, Any]) -> Problem:
     loc = [part for part in error.get("loc", ()) if part not in ("body",)]
     kind = error.get("type", "")
     where, names = (loc[0], loc[1:]) if loc and loc[0] in ("query", "path", "header") else ("body", loc)
-    if where == "body" and (kind == "json_invalid" or not names):
-        return problem("BODY_MALFORMED")
     # A client's key is echoed only when it looks like a field name (never a number).
     field = ".".join(str(n) if isinstance(n, int) or _NAME.fullmatch(str(n)) else "*" for n in names) or None
+    if kind in NOT_UNICODE:
+        return problem("TEXT_NOT_UNICODE", field)
+    if where == "body" and (kind == "json_invalid" or not names):
+        return problem("BODY_MALFORMED")
     if where != "body":
         return problem("PARAMETER_INVALID", field)
     code = {"missing": "FIELD_REQUIRED", "extra_forbidden": "FIELD_UNKNOWN"}.get(kind, "FIELD_TYPE_INVALID")
@@ -407,7 +409,7 @@ def _feedback_csv(batch_store: BatchStore, batch: Any) -> Iterator[bytes]:
     yield b"record,line,outcome,result_id,codes\r\n"
     for page in _feedback_pages(batch_store, batch):
         out = io.StringIO()
-        writer = csv.writer(out)
+        writer = csv_cells.writer(out)
         for r, line, o, rid, codes in page:
             writer.writerow([r, line, o, rid or "", " ".join(codes)])
         yield out.getvalue().encode()

@@ -1,26 +1,25 @@
 """The JSON the registrar's HTTP API takes and gives, as pydantic models.
 
-Request bodies forbid unknown fields (`extra="forbid"`), so the OpenAPI document says what
-the server does: an unknown field is a 422 FIELD_UNKNOWN.
+Request bodies are `JsonBody`s: they forbid unknown fields (`extra="forbid"`), so the OpenAPI
+document says what the server does: an unknown field is a 422 FIELD_UNKNOWN, and text that is
+not Unicode a 422 TEXT_NOT_UNICODE.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from services.kernel.text import JsonBody
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Person(Strict):
+class Person(JsonBody):
     bsn: str | None = Field(None, description="Burgerservicenummer, 9 digits (8 are padded).")
     onderwijsnummer: str | None = Field(None, description="DUO's onderwijsnummer; give one of the two.")
 
 
-class RegistrationIn(Strict):
+class RegistrationIn(JsonBody):
     person: Person
     institution: str = Field(description="instellingscode, e.g. 25BE")
     branch: str = Field(description="vestigingscode, e.g. 25BE01")
@@ -35,7 +34,7 @@ class RegistrationIn(Strict):
         return {**self.model_dump(exclude={"person"}), **self.person.model_dump()}
 
 
-class DeletionIn(Strict):
+class DeletionIn(JsonBody):
     reason: str = Field(description="FRAUD, ADMINISTRATIVE_ERROR, EXTRA_COURSES_OR_GRADE_IMPROVEMENT, "
                                     "WRONG_PERSON_OR_DATA or OTHER")
     explanation: str | None = Field(None, description="Required for FRAUD and OTHER.")
@@ -63,9 +62,23 @@ class RegisteredOut(BaseModel):
     warnings: list[ProblemOut]
 
 
+class DeliveryOut(BaseModel):
+    subscription: str
+    delivered_at: str = Field(description="When it was put on the consumer's feed (ISO 8601 UTC).")
+    acknowledged_at: str | None = Field(description="When the consumer confirmed it processed it, if it did.")
+
+
+class ExtractOut(BaseModel):
+    extract_id: str = Field(description="The extract (uittreksel) that showed this version.")
+    issued_at: str = Field(description="When it was issued (ISO 8601 UTC); it stays a valid copy.")
+
+
 class ImpactOut(BaseModel):
     consumers: list[str] = Field(description="Subscriptions that already received this version.")
+    acknowledged: list[str] = Field(description="Of those, the ones that confirmed they processed it.")
+    deliveries: list[DeliveryOut]
     extract_issued: bool
+    extracts: list[ExtractOut] = Field(description="The extracts issued with this version, oldest first.")
     has_impact: bool
     message: str
 

@@ -26,7 +26,8 @@ from itertools import islice
 
 from lxml import etree
 
-from services.registrar.codes import Problem, problem
+from services.kernel.codes import Problem, problem
+from services.kernel.text import is_unicode
 
 StrPath = str | os.PathLike[str]
 
@@ -140,6 +141,16 @@ def read_records(path: StrPath, fmt: str) -> Iterator[BulkRecord]:
     raise ValueError(f"unknown bulk-file format {fmt!r}")
 
 
+def _not_text(fields: dict[str, str | None]) -> tuple[Problem, ...]:
+    """TEXT_NOT_UNICODE per field that held bytes that are not UTF-8: a CSV reads them as lone
+    surrogates, an XML file as U+FFFD (the mark decoders leave where text was lost, so it is
+    refused wherever it comes from). Such a field costs its record only."""
+    if "".join(filter(None, fields.values())).isascii():
+        return ()  # the common case, at a glance
+    return tuple(problem("TEXT_NOT_UNICODE", name) for name, value in fields.items()
+                 if value and ("\ufffd" in value or not is_unicode(value)))
+
+
 def _action(text: str | None) -> tuple[str, tuple[Problem, ...]]:
     if text is None:
         return "register", ()
@@ -168,30 +179,29 @@ def _csv_records(path: StrPath) -> Iterator[BulkRecord]:
         record += 1
         fields = dict(_EMPTY_FIELDS)
         fields.update(zip(names, values, strict=True))
+        broken = _not_text(fields)
         action, problems = _action(fields.pop("actie", None))
-        yield BulkRecord(record, line, action, fields, problems)
+        yield BulkRecord(record, line, action, fields, broken + problems)
 
 
 def _csv_rows(path: StrPath) -> Iterator[tuple[int, list[str], list[str]]]:
     """Yield (start line, English header keys, raw cells) per CSV row after the header."""
     with _csv_text(path) as text:
+        header_line, delimiter, names = _csv_header(text)
+        reader = csv.reader(text, delimiter=delimiter)
+        done = 0
         try:
-            header_line, delimiter, names = _csv_header(text)
-            reader = csv.reader(text, delimiter=delimiter)
-            done = 0
-            try:
-                for row in reader:
-                    yield header_line + done + 1, names, row
-                    done = reader.line_num
-            except csv.Error:
-                raise FileRefused("FILE_MALFORMED", header_line + reader.line_num) from None
-        except UnicodeDecodeError:
-            raise FileRefused("FILE_MALFORMED", _bad_utf8_line(path)) from None
+            for row in reader:
+                yield header_line + done + 1, names, row
+                done = reader.line_num
+        except csv.Error:
+            raise FileRefused("FILE_MALFORMED", header_line + reader.line_num) from None
 
 
-def _csv_text(path: StrPath, errors: str = "strict") -> io.TextIOWrapper:
+def _csv_text(path: StrPath) -> io.TextIOWrapper:
+    """The file as text; bytes that are not UTF-8 become lone surrogates, refused per record."""
     guarded = io.BufferedReader(_LineLengthGuard(open(path, "rb")), _CHUNK)  # noqa: SIM115
-    return io.TextIOWrapper(guarded, encoding="utf-8-sig", errors=errors, newline="")
+    return io.TextIOWrapper(guarded, encoding="utf-8-sig", errors="surrogateescape", newline="")
 
 
 _LINE_MAX = 1 << 20  # bytes; longer is no CSV record, and must not be buffered whole
@@ -254,21 +264,6 @@ def _csv_header(text: io.TextIOWrapper) -> tuple[int, str, list[str]]:
     return line_no, delimiter, [FIELD_NAMES.get(name, name) for name in columns]
 
 
-_SURROGATE = re.compile("[\udc80-\udcff]")
-
-
-def _bad_utf8_line(path: StrPath) -> int | None:
-    """The first line holding bytes that are not UTF-8 (counted as the CSV reader counts)."""
-    try:
-        with _csv_text(path, errors="surrogateescape") as text:
-            for line_no, line in enumerate(text, 1):
-                if _SURROGATE.search(line):
-                    return line_no
-    except FileRefused as refused:
-        return refused.line
-    return None
-
-
 # --- XML ----------------------------------------------------------------------------------
 
 # No DTD is loaded, no entity resolved, no network used; libxml2's size limits stay on.
@@ -318,10 +313,11 @@ def _xml_record(element: etree._Element, record: int, line: int, institution: st
     if fields["institution"] is None:
         fields["institution"] = institution
     actie = element.get("actie")
+    broken = _not_text({**fields, "actie": actie})
     action, problems = _action(actie.strip() or None if actie else None)
     if malformed:
         problems = _MALFORMED + problems
-    return BulkRecord(record, line, action, fields, problems)
+    return BulkRecord(record, line, action, fields, broken + problems)
 
 
 _BIG_LINE = 65535
@@ -349,12 +345,62 @@ def _start_line(element: etree._Element) -> int:
     return line
 
 
+# a character reference to a surrogate (U+D800 to U+DFFF), in hex or decimal
+_SURROGATE_REF = re.compile(
+    r"&#(?:x0*[dD][89a-fA-F][0-9a-fA-F]{2}"
+    r"|0*(?:5529[6-9]|55[3-9][0-9]{2}|56[0-9]{3}|57[0-2][0-9]{2}|573[0-3][0-9]|5734[0-3]));"
+)
+_DECLARED_ENCODING = re.compile(rb"<\?xml[^>]*?encoding\s*=\s*[\"']([A-Za-z0-9._-]+)")
+
+
+class _XmlBytes:
+    """The file's bytes as lxml reads them. In a UTF-8 file, bytes that are not UTF-8 and
+    references to surrogates become U+FFFD (line ends stay where they are), so libxml2 does not
+    refuse the whole file and `_not_text` refuses just the record that holds them."""
+
+    def __init__(self, path: StrPath) -> None:
+        self._file = open(path, "rb")  # noqa: SIM115 - closed by __exit__
+        head = self._file.read(_CHUNK)
+        self._file.seek(0)
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace") if _is_utf8(head) else None
+        self._carry = ""  # a reference that may go on in the next chunk
+
+    def __enter__(self) -> _XmlBytes:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._file.close()
+
+    def read(self, size: int) -> bytes:
+        """Up to about `size` bytes; b"" only at the end of the file."""
+        while True:
+            chunk = self._file.read(size)
+            if self._decoder is None:
+                return chunk
+            text = self._carry + self._decoder.decode(chunk, final=not chunk)
+            self._carry = ""
+            cut = text.rfind("&")
+            if chunk and cut >= 0 and ";" not in text[cut:] and len(text) - cut < 16:
+                text, self._carry = text[:cut], text[cut:]
+            data = _SURROGATE_REF.sub("\ufffd", text).encode()
+            if data or not chunk:
+                return data
+
+
+def _is_utf8(head: bytes) -> bool:
+    """Is the file UTF-8: no UTF-16 marks, and no other encoding declared?"""
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE, b"<\x00", b"\x00<")):
+        return False
+    declared = _DECLARED_ENCODING.match(head.removeprefix(codecs.BOM_UTF8))
+    return declared is None or declared.group(1).lower() in (b"utf-8", b"utf8")
+
+
 def _xml_root(path: StrPath) -> str | None:
     """Check the prolog and the root element; return the root's `instellingscode`."""
     _refuse_doctype(path)
     parser = etree.XMLPullParser(events=("start",), **_XML_OPTIONS)
     try:
-        with open(path, "rb") as f:
+        with _XmlBytes(path) as f:
             while chunk := f.read(_CHUNK):
                 parser.feed(chunk)
                 for _, root in parser.read_events():
@@ -380,7 +426,7 @@ def _xml_children(path: StrPath) -> Iterator[etree._Element]:
     root: etree._Element | None = None
     done: etree._Element | None = None  # the last record handed out, cleared
     try:
-        with open(path, "rb") as f:
+        with _XmlBytes(path) as f:
             while True:
                 chunk = f.read(_CHUNK)
                 if chunk:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 import re
 import sys
 from pathlib import Path
 
 import click
 
+from services.kernel import csv_cells
 from services.kernel.broker import BrokerUnavailable, resolve_bootstrap
 from services.kernel.settings import Settings
 from services.registrar.catalogue import Catalogue
@@ -49,7 +49,7 @@ def institution() -> None:
 def institution_add(ctx: click.Context, code: str, name: str, sectors: str, unfunded: bool) -> None:
     """Add an institution; prints its new bearer token as the last line (shown once)."""
     chosen = [s.strip().upper() for s in sectors.split(",") if s.strip()]
-    if not INSTITUTION_CODE.match(code):
+    if not INSTITUTION_CODE.fullmatch(code):
         raise click.UsageError("INSTITUTION_CODE_INVALID: two digits and two capitals, e.g. 25BE")
     if not chosen or any(s not in SECTORS for s in chosen):
         raise click.UsageError(f"SECTOR_INVALID: sectors are {', '.join(SECTORS)}")
@@ -75,7 +75,7 @@ def import_file(ctx: click.Context, file: Path, institution_code: str, feedback:
     """Import a bulk CSV or XML file. Exit 0: all accepted, 1: some rejected, 2: file refused."""
     registrar = open_registrar(_settings(ctx))
     out = feedback.open("w", newline="") if feedback else None
-    writer = csv.writer(out) if out else None
+    writer = csv_cells.writer(out) if out else None
     if writer:
         writer.writerow(["record", "line", "outcome", "result_id", "codes"])
 

@@ -20,11 +20,11 @@ from typing import Any
 
 from sqlalchemy import insert, select
 
+from services.kernel.codes import Problem, problem
 from services.kernel.logging import get_logger
 from services.kernel.tokens import hash_token, new_token
 from services.registrar import bulk, store
 from services.registrar.catalogue import Catalogue
-from services.registrar.codes import Problem, problem
 from services.registrar.rules import (
     Institution,
     Registration,

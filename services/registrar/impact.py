@@ -4,6 +4,8 @@ The registrar reads no other service's tables: it learns this from `rod.deliveri
 (DeliveryReceipt) and `rod.extracts.v1` (ExtractIssued) into tables of its own. One row per
 receipt, keyed by its deterministic id, inserted if absent: reading a receipt twice changes
 nothing, and a WITHDRAWAL is one more row, so it never erases that a consumer had the result.
+An ACKNOWLEDGED receipt (the consumer confirmed it processed the message) stamps the row of
+the delivery it confirms; it follows that delivery's receipt on the same partition.
 
 Impact is about the version being deleted: receipts for the result's current registration
 event count; those of an earlier, already deleted version do not.
@@ -20,20 +22,21 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Column, DateTime, MetaData, String, Table, select
+from sqlalchemy import Column, DateTime, MetaData, String, Table, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from services.kernel import kafka
-from services.kernel.codec import Codec, DecodeError
-from services.kernel.database import create_tables, writing
+from services.kernel.codes import problem
+from services.kernel.consume import Batch, ConsumeLoop, Consumption
+from services.kernel.database import create_tables, make_engine, writing
 from services.kernel.deadletters import TOPIC as DEADLETTER_TOPIC
-from services.kernel.deadletters import DeadLetter, DeadLetterBook, add_missing_columns, dead_letter
+from services.kernel.deadletters import DeadLetter, DeadLetterBook, StoredRecord, add_missing_columns
 from services.kernel.logging import get_logger
 from services.kernel.settings import Settings
-from services.registrar.codes import problem
 from services.registrar.metrics import IMPACT_RECEIPTS
 from services.registrar.store import deadletters, now_millis
 
@@ -43,7 +46,6 @@ DELIVERIES_TOPIC = "rod.deliveries.v1"
 EXTRACTS_TOPIC = "rod.extracts.v1"
 GROUP_ID = "rod-registrar-impact"
 SERVICE = "registrar"
-EXPECTED = ("DeliveryReceipt", "ExtractIssued")
 
 metadata = MetaData()
 
@@ -57,13 +59,14 @@ chain_impact = Table(
     Column("event_id", String(36), nullable=False),
     Column("delivered_at", DateTime(timezone=True), nullable=False),
     Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("acknowledged_at", DateTime(timezone=True)),
 )
 
 extracts = Table(
     "registrar_extracts",
     metadata,
     Column("extract_id", String(200), primary_key=True),
-    Column("result_id", String(36), nullable=False, index=True),
+    Column("result_id", String(36), primary_key=True, index=True),  # one row per result an extract shows
     Column("event_id", String(36), nullable=False),
     Column("issued_at", DateTime(timezone=True), nullable=False),
     Column("received_at", DateTime(timezone=True), nullable=False),
@@ -71,27 +74,70 @@ extracts = Table(
 
 
 @dataclass(frozen=True)
+class Delivery:
+    """One consumer had the result: since when, and since when it confirmed processing it."""
+
+    subscription: str
+    delivered_at: datetime
+    acknowledged_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Extract:
+    """An extract (uittreksel) that showed the result: a legally valid copy nobody can take back."""
+
+    extract_id: str
+    issued_at: datetime
+
+
+@dataclass(frozen=True)
 class Impact:
     """What deleting a result touches downstream."""
 
-    consumers: list[str]
-    extract_issued: bool
+    deliveries: list[Delivery]
+    extracts: list[Extract]
+
+    @property
+    def extract_issued(self) -> bool:
+        return bool(self.extracts)
+
+    @property
+    def consumers(self) -> list[str]:
+        return [d.subscription for d in self.deliveries]
+
+    @property
+    def acknowledged(self) -> list[str]:
+        return [d.subscription for d in self.deliveries if d.acknowledged_at]
 
     @property
     def has_impact(self) -> bool:
-        return bool(self.consumers) or self.extract_issued
+        return bool(self.deliveries) or self.extract_issued
 
     @property
     def message(self) -> str:
         """A plain Dutch sentence (or two) from the code table."""
         codes = (["IMPACT_DELIVERED"] if self.consumers else []) + (
+            ["IMPACT_ACKNOWLEDGED"] if self.acknowledged else []) + (
             ["IMPACT_EXTRACT_ISSUED"] if self.extract_issued else []
         )
         return " ".join(problem(code).message for code in codes or ["IMPACT_NONE"])
 
     def as_dict(self) -> dict[str, Any]:
-        return {"consumers": self.consumers, "extract_issued": self.extract_issued,
+        return {"consumers": self.consumers, "acknowledged": self.acknowledged,
+                "deliveries": [{"subscription": d.subscription, "delivered_at": _iso(d.delivered_at),
+                                "acknowledged_at": _iso(d.acknowledged_at)} for d in self.deliveries],
+                "extract_issued": self.extract_issued,
+                "extracts": [{"extract_id": x.extract_id, "issued_at": _iso(x.issued_at)}
+                             for x in self.extracts],
                 "has_impact": self.has_impact, "message": self.message}
+
+
+def _iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:  # SQLite hands back naive datetimes: stored as UTC
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 class ImpactStore:
@@ -100,6 +146,7 @@ class ImpactStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         create_tables(metadata, engine)
+        add_missing_columns(engine, chain_impact)  # made before acknowledgements existed
         deadletters.create(engine, checkfirst=True)  # the event store makes it too; whoever is first
         add_missing_columns(engine, deadletters)
         self.deadletters = DeadLetterBook(engine, deadletters, SERVICE)
@@ -109,10 +156,13 @@ class ImpactStore:
     ) -> int:
         """Insert decoded receipts (name, record) that are not there yet, and the dead letters of the
         same poll, in one transaction."""
-        deliveries, issued = [], []
+        deliveries, issued, acknowledged = [], [], []
         now = now_millis()
         for name, r in receipts:
-            if name == "DeliveryReceipt":
+            if name == "DeliveryReceipt" and r["kind"] == "ACKNOWLEDGED":
+                moment = r.get("acknowledged_at") or r["delivered_at"]
+                acknowledged.append({"key": r["delivery_id"], "at": moment})
+            elif name == "DeliveryReceipt":
                 deliveries.append({
                     "delivery_id": r["delivery_id"], "result_id": r["result_id"],
                     "subscription": r["subscription"], "kind": r["kind"], "event_id": r["event_id"],
@@ -125,36 +175,54 @@ class ImpactStore:
                 })
         with writing(self.engine) as conn:
             for table, rows, key in (
-                (chain_impact, deliveries, "delivery_id"), (extracts, issued, "extract_id")
+                (chain_impact, deliveries, ["delivery_id"]), (extracts, issued, ["extract_id", "result_id"])
             ):
                 if rows:
                     conn.execute(self._insert_if_absent(table, key), rows)
+            if acknowledged:  # after the inserts: a delivery and its acknowledgement may share a poll
+                conn.execute(
+                    update(chain_impact)
+                    .where(chain_impact.c.delivery_id == bindparam("key"),
+                           chain_impact.c.acknowledged_at.is_(None))
+                    .values(acknowledged_at=bindparam("at")),
+                    acknowledged,
+                )
             self.deadletters.record(conn, letters)
-        return len(deliveries) + len(issued)
+        return len(deliveries) + len(issued) + len(acknowledged)
 
-    def _insert_if_absent(self, table: Table, key: str) -> Any:
+    def _insert_if_absent(self, table: Table, key: list[str]) -> Any:
         dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
-        return dialect.insert(table).on_conflict_do_nothing(index_elements=[key])
+        return dialect.insert(table).on_conflict_do_nothing(index_elements=key)
 
     def impact(self, result_id: str, registered_event_id: str) -> Impact:
         """The impact of deleting the registration `registered_event_id` of `result_id`."""
         with self.engine.connect() as conn:
-            consumers = conn.execute(
-                select(chain_impact.c.subscription).distinct()
-                .where(chain_impact.c.result_id == result_id, chain_impact.c.kind == "DELIVERY",
-                       chain_impact.c.event_id == registered_event_id)
-                .order_by(chain_impact.c.subscription)
-            ).scalars().all()
-            extract = conn.execute(
-                select(extracts.c.extract_id)
-                .where(extracts.c.result_id == result_id, extracts.c.event_id == registered_event_id)
-                .limit(1)
-            ).first()
-        return Impact(list(consumers), extract is not None)
+            deliveries = [
+                Delivery(r.subscription, r.delivered_at, r.acknowledged_at)
+                for r in conn.execute(
+                    select(chain_impact.c.subscription, chain_impact.c.delivered_at,
+                           chain_impact.c.acknowledged_at)
+                    .where(chain_impact.c.result_id == result_id, chain_impact.c.kind == "DELIVERY",
+                           chain_impact.c.event_id == registered_event_id)
+                    .order_by(chain_impact.c.subscription)
+                )
+            ]
+            shown = [
+                Extract(r.extract_id, r.issued_at)
+                for r in conn.execute(
+                    select(extracts.c.extract_id, extracts.c.issued_at)
+                    .where(extracts.c.result_id == result_id, extracts.c.event_id == registered_event_id)
+                    .order_by(extracts.c.issued_at, extracts.c.extract_id)
+                )
+            ]
+        return Impact(deliveries, shown)
 
 
-class ImpactReader:
-    """Consumes delivery receipts and issued extracts into an ImpactStore until stopped."""
+class ImpactReader(Consumption):
+    """Receipts and issued extracts into an ImpactStore, on the kernel's consume loop."""
+
+    name = SERVICE
+    expected = {DELIVERIES_TOPIC: ("DeliveryReceipt",), EXTRACTS_TOPIC: ("ExtractIssued",)}
 
     def __init__(self, impact_store: ImpactStore, settings: Settings, bootstrap: str,
                  group_id: str = GROUP_ID) -> None:
@@ -162,65 +230,42 @@ class ImpactReader:
         self.bootstrap = bootstrap
         self.group_id = group_id
         self.settings = settings
-        self.topics = [settings.topic(DELIVERIES_TOPIC), settings.topic(EXTRACTS_TOPIC)]
-        self.base = {settings.topic(t): t for t in (DELIVERIES_TOPIC, EXTRACTS_TOPIC)}
-        self.codec = Codec()
-        self.letters: list[DeadLetter] = []
+        self.loop = ConsumeLoop(self, settings, bootstrap, batch=1000)
 
-    def decode(self, records: Iterable[Any]) -> list[tuple[str, dict[str, Any]]]:
-        """Decoded receipts; what cannot be decoded is collected in `self.letters` and left out."""
-        decoded = []
-        for rec in records:
-            try:
-                name, record = self.codec.decode(rec.value or b"")
-                if name not in EXPECTED:
-                    raise DecodeError("RECORD_UNEXPECTED", name)
-            except DecodeError as exc:
-                letter = dead_letter(self.base.get(rec.topic, rec.topic), rec, exc)
-                self.letters.append(letter)
-                log.warning("impact_message_undecodable", topic=rec.topic, partition=rec.partition,
-                            offset=rec.offset, code=exc.code)
-                outcome = "unexpected" if exc.code == "RECORD_UNEXPECTED" else "undecodable"
-                IMPACT_RECEIPTS.labels(topic=rec.topic, outcome=outcome).inc()
-                continue
-            IMPACT_RECEIPTS.labels(topic=rec.topic, outcome="read").inc()
-            decoded.append((name, record))
-        return decoded
+    def open(self) -> None:
+        kafka.ensure_topics(self.settings, self.bootstrap, [DEADLETTER_TOPIC])
+        self.publish_dead_letters()  # what a crash left stored but not sent
+
+    def process(self, batch: Batch) -> list[DeadLetter]:
+        """Receipts and dead letters stored together (the group's offsets are this reader's cursor)."""
+        for message in batch.messages:
+            IMPACT_RECEIPTS.labels(topic=message.topic, outcome="read").inc()
+        for letter in batch.letters:
+            outcome = "unexpected" if letter.error_code == "RECORD_UNEXPECTED" else "undecodable"
+            IMPACT_RECEIPTS.labels(topic=letter.topic, outcome=outcome).inc()
+        self.store.record([(m.name, m.record) for m in batch.messages], batch.letters)
+        return batch.letters
+
+    def publish(self, done: list[DeadLetter]) -> None:
+        if done:
+            self.publish_dead_letters()
 
     def publish_dead_letters(self) -> int:
         """Publish the stored letters not yet on rod.deadletter.v1, then mark them published."""
         return self.store.deadletters.publish_waiting(self.settings, self.bootstrap)
 
-    def poll_once(self, consumer: Any, timeout_ms: int = 200) -> int:
-        """One poll: receipts and dead letters stored together, offsets committed, letters sent."""
-        polled = consumer.poll(timeout_ms=timeout_ms, max_records=1000)
-        if not polled:
-            return 0
-        self.letters = []
-        records = [r for batch in polled.values() for r in batch]
-        self.store.record(self.decode(records), self.letters)
-        consumer.commit()  # only after the rows are committed
-        if self.letters:
-            self.publish_dead_letters()
-        return len(records)
-
     def run(self, stop: threading.Event) -> None:
         """Poll → record → commit until `stop` is set; broker trouble is retried with backoff."""
-        backoff = 0.5
-        while not stop.is_set():
-            consumer = None
-            try:
-                kafka.ensure_topics(self.settings, self.bootstrap, [DEADLETTER_TOPIC])
-                self.publish_dead_letters()  # what a crash left stored but not sent
-                consumer = kafka.consumer(self.bootstrap, group_id=self.group_id)
-                consumer.subscribe(self.topics)
-                while not stop.is_set():
-                    if self.poll_once(consumer):
-                        backoff = 0.5
-            except Exception as exc:  # broker or database away: retry; what was not committed is read again
-                log.warning("impact_reader_error", error=type(exc).__name__, retry_in_seconds=backoff)
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
-            finally:
-                if consumer is not None:
-                    consumer.close(autocommit=False)
+        self.loop.run(stop)
+
+
+def replay_dead_letter(settings: Settings, _bootstrap: str, row: Any) -> str:
+    """One stored letter recorded again (idempotent by delivery_id / extract and result id)."""
+    engine = make_engine(settings.database_urls["registrar"])
+    try:
+        reader = ImpactReader(ImpactStore(engine), settings, "")
+        message = reader.loop.read(StoredRecord(row))  # raises what keeps it a dead letter
+        reader.process(Batch([message]))
+        return f"{message.name} recorded (inserted if absent)"
+    finally:
+        engine.dispose()

@@ -37,12 +37,6 @@ BATCH_RECORDS = Histogram(
 BATCH_OUTCOMES = Counter(
     "rod_batch_record_outcomes_total", "Records of uploaded bulk files, by outcome.", ["outcome"]
 )
-REQUEST_SECONDS = Histogram(
-    "rod_http_request_duration_seconds",
-    "HTTP request latency by method, route template and status.",
-    ["method", "route", "status"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120),
-)
 IMPACT_RECEIPTS = Counter(
     "rod_registrar_impact_receipts_total",
     "Delivery receipts and issued extracts the registrar read, by topic and outcome.",
@@ -59,13 +53,7 @@ RELAY_LAST_PUBLISHED = Gauge(
     "rod_relay_last_published_timestamp_seconds", "When the relay last published a batch (Unix time)."
 )
 
-_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 _REASONS = frozenset(DELETION_REASONS)
-
-
-def method_label(method: str) -> str:
-    """The HTTP method, or OTHER: a label value never comes straight from the client."""
-    return method if method in _METHODS else "OTHER"
 
 
 def enabled() -> bool:

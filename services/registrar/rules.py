@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Final
 from zoneinfo import ZoneInfo
 
+from services.kernel.codes import Problem, problem
 from services.kernel.identifiers import (
     is_valid_bsn,
     is_valid_onderwijsnummer,
@@ -31,7 +32,6 @@ from services.kernel.identifiers import (
 )
 from services.registrar.catalogue import SECTORS as _CATALOGUE_SECTORS
 from services.registrar.catalogue import Catalogue, Programme
-from services.registrar.codes import Problem, problem
 
 SECTORS = _CATALOGUE_SECTORS  # ("VO", "PRO", "VSO", "MBO", "HO")
 DELETION_REASONS = (

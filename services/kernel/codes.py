@@ -119,6 +119,10 @@ CODES: dict[str, tuple[str, str]] = {
         "Dit veld heeft een ongeldig type.",
         "The field has the wrong type (for example a number where text is expected).",
     ),
+    "TEXT_NOT_UNICODE": (
+        "Deze tekst is geen geldige Unicode (UTF-8); verwijder het ongeldige teken.",
+        "The text is not valid Unicode: a lone surrogate (a JSON \\ud800) or bytes that are not UTF-8.",
+    ),
     # identity, idempotency, deletion
     "RESULT_CONFLICT": (
         "Dit resultaat is al geregistreerd met andere gegevens.",
@@ -170,6 +174,19 @@ CODES: dict[str, tuple[str, str]] = {
         "Het token is onbekend of ongeldig.",
         "The bearer token is not known to the register.",
     ),
+    "TOKEN_FORBIDDEN": (
+        "Dit token geeft geen toegang tot dit adres.",
+        "The token is valid but not for this endpoint: another kind of token, or another subscription.",
+    ),
+    "TOO_MANY_FAILED_LOGINS": (
+        "Te veel mislukte aanmeldingen vanaf dit adres; probeer het opnieuw na Retry-After seconden.",
+        "Too many unknown tokens from this client address in a minute (ROD_AUTH_FAILURES_PER_MINUTE, "
+        "default 10); every token from it is refused until Retry-After has passed.",
+    ),
+    "CURSOR_INVALID": (
+        "De cursor is ongeldig: gebruik een cursor die deze feed heeft gegeven.",
+        "The cursor is malformed, belongs to another feed, or was never handed out by this one.",
+    ),
     "BODY_MALFORMED": (
         "Het verzoek kan niet worden gelezen (verwacht een JSON-object).",
         "The request body is not a readable JSON object.",
@@ -198,6 +215,14 @@ CODES: dict[str, tuple[str, str]] = {
         "Deze methode is hier niet toegestaan.",
         "The endpoint does not accept this HTTP method.",
     ),
+    "HEADERS_TOO_LARGE": (
+        "De kopregels van het verzoek zijn te groot.",
+        "The request line and headers exceed ROD_HTTP_MAX_HEADER_BYTES; the connection is closed.",
+    ),
+    "HOST_NOT_ALLOWED": (
+        "Dit adres (Host) hoort niet bij het register.",
+        "The Host header names a host not in ROD_ALLOWED_HOSTS.",
+    ),
     "INTERNAL_ERROR": (
         "Er ging iets mis in het register; noem het correlatienummer als u contact opneemt.",
         "An unexpected error; the answer carries a correlation id to quote.",
@@ -211,6 +236,10 @@ CODES: dict[str, tuple[str, str]] = {
         "Let op: dit resultaat is al aan afnemers doorgegeven; zij krijgen bericht van de verwijdering.",
         "The result was already delivered to consumers; they receive a withdrawal notice.",
     ),
+    "IMPACT_ACKNOWLEDGED": (
+        "Een afnemer heeft bovendien bevestigd dat hij het resultaat heeft verwerkt.",
+        "A consumer has also confirmed it processed the result (an acknowledgement on its feed).",
+    ),
     "IMPACT_EXTRACT_ISSUED": (
         "Let op: er is al een uittreksel met dit resultaat verstrekt; dat uittreksel blijft bestaan.",
         "An extract showing the result was already issued; it cannot be called back.",
@@ -219,6 +248,27 @@ CODES: dict[str, tuple[str, str]] = {
     "LATE_DELIVERY": (
         "Let op: de diplomadatum ligt meer dan een jaar voor de aanlevering.",
         "Warning: the diploma date is more than a year before delivery.",
+    ),
+    # extracts (Mijn diploma's) and their verification
+    "RESULT_NOT_STANDING": (
+        "Dit resultaat staat nu niet op naam van deze persoon; er is geen uittreksel gemaakt.",
+        "A requested result is not a standing result of this person (or none stands); nothing was issued.",
+    ),
+    "EXTRACT_NOT_FOUND": (
+        "Het uittreksel is niet gevonden.",
+        "No extract with this id was issued through this portal.",
+    ),
+    "LANGUAGE_INVALID": (
+        "De taal is ongeldig (nl of en).",
+        "The language is neither nl nor en.",
+    ),
+    "VERIFICATION_NOT_FOUND": (
+        "Er is geen uittreksel gevonden bij dit uittrekselnummer en deze controlecode.",
+        "No extract matches this id and verification code (an unknown id and a wrong code look the same).",
+    ),
+    "VERIFICATION_THROTTLED": (
+        "Te veel pogingen; probeer het over een minuut opnieuw.",
+        "More than 30 verification attempts a minute from one client address; wait for Retry-After.",
     ),
 }
 

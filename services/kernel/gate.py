@@ -1,33 +1,49 @@
 """What every HTTP request passes through before and after the endpoints (pure ASGI).
 
 In order: time the request (by route template, never the raw path); turn an unexpected
-exception into a 500 with a correlation id and nothing else; authenticate `/v1/` requests by
-bearer token before anything reads their body; cap JSON bodies.
+exception into a 500 with a correlation id and nothing else; authenticate requests by bearer
+token before anything reads their body; cap JSON bodies; mark the answers of `/v1/` and
+`/ops` (they carry personal data) `Cache-Control: no-store` unless the route chose its own.
+
+Each kind of token has its own paths (a `Realm`, given by the service that owns the kind):
+institution tokens `/v1/` at large, consumer tokens `/v1/feeds/`, portal tokens
+`/v1/extracts`. The longest prefix wins; a realm without a lookup is public. A token of
+another kind is refused with 403, an unknown one 401; each refusal is logged and counted, and
+an address that sends too many unknown tokens gets 429 for a while (`FailedLogins`).
 """
 
 from __future__ import annotations
 
-import hmac
 import json
-import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.engine import Engine
-from starlette.concurrency import run_in_threadpool
+from prometheus_client import Histogram
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
+from services.kernel.blocking import in_thread
+from services.kernel.codes import Problem, problem
 from services.kernel.logging import get_logger
-from services.kernel.tokens import hash_token
-from services.registrar.codes import Problem, problem
-from services.registrar.metrics import REQUEST_SECONDS, method_label
-from services.registrar.store import tokens
+from services.kernel.throttle import FailedLogins, client_address, retry_after
 
-log = get_logger("registrar.http")
+log = get_logger("http")
+
+REQUEST_SECONDS = Histogram(
+    "rod_http_request_duration_seconds",
+    "HTTP request latency by method, route template and status.",
+    ["method", "route", "status"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120),
+)
+_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    """The HTTP method, or OTHER: a label value never comes straight from the client."""
+    return method if method in _METHODS else "OTHER"
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -38,6 +54,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 JSON_LIMIT = 64 * 1024  # bytes of a JSON body; a registration is well under 1 KiB
 TOKEN_MAX = 256
 UPLOAD_PATH = "/v1/batches"
+PRIVATE_PREFIXES = ("/v1/", "/ops")  # answers that may carry person numbers: never kept in a cache
 
 
 def error_body(problems: list[Problem], **extra: Any) -> dict[str, Any]:
@@ -55,40 +72,32 @@ async def send_json(
     await send({"type": "http.response.body", "body": payload})
 
 
-class TokenBook:
-    """Bearer token → institution, from the hashes in registrar_tokens (known ones cached briefly)."""
+@dataclass(frozen=True)
+class Realm:
+    """Paths under `prefix` take tokens that `lookup` (blocking) resolves; the principal goes to
+    `request.state.<state_key>`."""
 
-    def __init__(self, engine: Engine, ttl: float = 60.0) -> None:
-        self.engine = engine
-        self.ttl = ttl
-        self._known: dict[str, tuple[str, float]] = {}
-        self._lock = threading.Lock()
-
-    def cached(self, token: str) -> str | None:
-        hit = self._known.get(hash_token(token))
-        return hit[0] if hit and hit[1] > time.monotonic() else None
-
-    def lookup(self, token: str) -> str | None:
-        """The institution this token acts for, or None."""
-        digest = hash_token(token)
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                select(tokens.c.token_hash, tokens.c.institution).where(tokens.c.token_hash == digest)
-            ).first()
-        if row is None or not hmac.compare_digest(row.token_hash, digest):
-            return None
-        with self._lock:
-            self._known[digest] = (row.institution, time.monotonic() + self.ttl)
-        return row.institution
+    prefix: str
+    state_key: str
+    lookup: Callable[[str], Any | None] | None  # None: public, no token asked
+    cached: Callable[[str], Any | None] = lambda _token: None  # a recent answer, without a thread
 
 
 class Gate:
     """ASGI middleware: metrics, crash answer, authentication, JSON body cap."""
 
-    def __init__(self, app: ASGIApp, token_book: TokenBook, json_limit: int = JSON_LIMIT) -> None:
+    def __init__(
+        self, app: ASGIApp, json_limit: int = JSON_LIMIT,
+        realms: Sequence[Realm] = (), other_tokens: Sequence[Callable[[str], Any | None]] = (),
+        failed_logins: FailedLogins | None = None,
+    ) -> None:
         self.app = app
-        self.tokens = token_book
         self.json_limit = json_limit
+        self.realms = sorted(realms, key=lambda r: -len(r.prefix))
+        # token kinds with no /v1/ paths of their own (operators): known, so 403 rather than 401
+        self.other_tokens = list(other_tokens)
+        self.failed_logins = failed_logins or FailedLogins()
+        self.failed_logins.watch(r.state_key for r in self.realms if r.lookup)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -97,9 +106,13 @@ class Gate:
         started = time.perf_counter()
         status = [500, False]  # status, response started
 
+        private = scope["path"].startswith(PRIVATE_PREFIXES)
+
         async def tracking_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status[0], status[1] = message["status"], True
+                if private and not any(name.lower() == b"cache-control" for name, _ in message["headers"]):
+                    message["headers"] = [*message["headers"], (b"cache-control", b"no-store")]
             await send(message)
 
         try:
@@ -121,11 +134,12 @@ class Gate:
 
     async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
-        if path.startswith("/v1/"):
-            institution = await self._authenticate(scope, send)
-            if institution is None:
+        realm = next((r for r in self.realms if path.startswith(r.prefix)), None)
+        if realm is not None and realm.lookup is not None:
+            principal = await self._authenticate(scope, send, realm)
+            if principal is None:
                 return
-            scope.setdefault("state", {})["institution"] = institution
+            scope.setdefault("state", {})[realm.state_key] = principal
             if path != UPLOAD_PATH and scope["method"] in ("POST", "PUT", "PATCH"):
                 body, too_large = await _read_capped(receive, self.json_limit)
                 if too_large:
@@ -134,20 +148,37 @@ class Gate:
                 receive = _replay(body, receive)
         await self.app(scope, receive, send)
 
-    async def _authenticate(self, scope: Scope, send: Send) -> str | None:
+    async def _authenticate(self, scope: Scope, send: Send, realm: Realm) -> Any | None:
+        client = client_address(scope)
+        wait = self.failed_logins.blocked(client, realm.state_key)
+        if wait is not None:  # before the token is looked at: a correct one waits too
+            await send_json(send, 429, error_body([problem("TOO_MANY_FAILED_LOGINS")]),
+                            {"retry-after": retry_after(wait)})
+            return None
         header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
         scheme, _, token = header.partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
+            self.failed_logins.failed(client, realm.state_key, "missing", _route(scope))
             await send_json(send, 401, error_body([problem("TOKEN_MISSING")]), {"www-authenticate": "Bearer"})
             return None
-        institution = None
+        principal = None
         if len(token) <= TOKEN_MAX:
-            institution = self.tokens.cached(token) or await run_in_threadpool(self.tokens.lookup, token)
-        if institution is None:
-            await send_json(send, 401, error_body([problem("TOKEN_INVALID")]),
-                            {"www-authenticate": 'Bearer error="invalid_token"'})
-        return institution
+            principal = realm.cached(token) or await in_thread("tokens", realm.lookup, token)
+        if principal is None:
+            if len(token) <= TOKEN_MAX and await in_thread("tokens", self._known_elsewhere, token, realm):
+                self.failed_logins.failed(client, realm.state_key, "forbidden", _route(scope))
+                await send_json(send, 403, error_body([problem("TOKEN_FORBIDDEN")]))
+            else:
+                self.failed_logins.failed(client, realm.state_key, "invalid", _route(scope))
+                await send_json(send, 401, error_body([problem("TOKEN_INVALID")]),
+                                {"www-authenticate": 'Bearer error="invalid_token"'})
+        return principal
+
+    def _known_elsewhere(self, token: str, realm: Realm) -> bool:
+        """Is `token` one of another kind (it opens other paths, not these)?"""
+        lookups = [r.lookup for r in self.realms if r is not realm and r.lookup] + self.other_tokens
+        return any(lookup(token) is not None for lookup in lookups)
 
 
 _NO_DIGITS = str.maketrans("0123456789", "ghijklmnop")
@@ -161,9 +192,12 @@ def new_correlation_id() -> str:
 def _route(scope: Scope) -> str:
     """The route template (`/v1/results/{result_id}`), also for requests the gate answered itself."""
     route = scope.get("route")
-    if route is None and "app" in scope:
-        routes = getattr(scope["app"], "routes", ())
+    routes = getattr(scope.get("app"), "routes", ())
+    while route is None and routes:
         route = next((r for r in routes if r.matches(scope)[0] == Match.FULL), None)
+        # FastAPI keeps an included router whole (its routes, with no prefix here): look inside
+        routes = getattr(getattr(route, "original_router", None), "routes", ())
+        route = None if routes else route
     return getattr(route, "path", None) or "unmatched"
 
 
