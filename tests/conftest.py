@@ -17,6 +17,7 @@ import sqlalchemy
 from services.kernel import logging as rod_logging
 from services.kernel.broker import LocalBroker
 from services.kernel.settings import Settings
+from tests.independent_avro import scan_broker
 from tests.support import LOG_SINK, PERSON_NUMBERS
 
 POSTGRES_URL = os.environ.get("ROD_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -32,10 +33,37 @@ def person_numbers_never_logged() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def broker() -> Iterator[str]:
-    """One real local broker for the session; tests isolate themselves by topic prefix."""
+def broker(request: pytest.FixtureRequest) -> Iterator[str]:
+    """One real local broker for the session; tests isolate themselves by topic prefix.
+
+    Before it stops, every message the session wrote on a rodchain topic must decode with the
+    independent reader (tests/independent_avro.py), as a downstream organisation reads them.
+    """
     with LocalBroker() as running:
         yield running.bootstrap
+        every_message_decodes(running.bootstrap, request.config)
+
+
+_WIRE_SUMMARY = pytest.StashKey[str]()
+
+
+def every_message_decodes(bootstrap: str, config: pytest.Config) -> None:
+    """Fails the session when a message on a rodchain topic does not decode independently."""
+    scan = scan_broker(bootstrap)
+    config.stash[_WIRE_SUMMARY] = scan.summary()
+    if scan.problems:
+        shown = "\n  ".join(scan.problems[:20])
+        more = f"\n  ... and {len(scan.problems) - 20} more" if len(scan.problems) > 20 else ""
+        pytest.fail(
+            f"the independent reader (tests/independent_avro.py) found {len(scan.problems)} problems "
+            f"on the session broker's rodchain topics:\n  {shown}{more}",
+            pytrace=False,
+        )
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    if _WIRE_SUMMARY in config.stash:
+        terminalreporter.write_line(config.stash[_WIRE_SUMMARY])
 
 
 def _postgres_available() -> bool:

@@ -14,6 +14,10 @@ from services.kernel.settings import Settings
 ROOT = Path(__file__).resolve().parents[1]
 
 # Every person number the fixtures use (domain.md's documented examples).
+# SIGKILLs each crash test lands: a bounded number in `make test` (every kind of kill at least
+# twice); bench/crash.sh runs the long version (ROD_CRASH_KILLS=100).
+CRASH_KILLS = int(os.environ.get("ROD_CRASH_KILLS") or 8)
+
 PERSON_NUMBERS = [
     "111222333",
     "123456782",
@@ -110,16 +114,18 @@ def read_topic(bootstrap: str, topic: str, at_least: int, timeout: float = 30.0)
         consumer.close()
 
 
-def start_rod_up(env: dict[str, str], data_dir: Path) -> tuple[subprocess.Popen[str], str]:
-    """`rod up` as a user starts it (its own local broker, a free HTTP port); returns the
-    process and the broker address once it is written to the data dir."""
+def start_rod_up(
+    env: dict[str, str], data_dir: Path, port: int | None = None
+) -> tuple[subprocess.Popen[str], str]:
+    """`rod up` as a user starts it (its own local broker, HTTP on `port` or a free one); returns
+    the process and the broker address once it is written to the data dir."""
     import time
 
     from services.kernel.broker import free_port
 
     rod = Path(sys.executable).with_name("rod")
     proc = subprocess.Popen(
-        [str(rod), "up", "--data-dir", str(data_dir), "--port", str(free_port())],
+        [str(rod), "up", "--data-dir", str(data_dir), "--port", str(port or free_port())],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

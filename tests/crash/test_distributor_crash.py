@@ -30,7 +30,7 @@ from services.registrar.commands import Registrar
 from services.registrar.relay import Relay
 from services.registrar.store import EventStore
 from tests.fixtures.bulkfiles import COLUMNS, write_csv
-from tests.support import LOG_SINK, read_topic, run_rod, settings_env
+from tests.support import CRASH_KILLS, LOG_SINK, read_topic, run_rod, settings_env
 
 CATALOGUE = Path(__file__).resolve().parents[1] / "fixtures" / "catalogue.csv"
 BSNS = ["111222333", "123456782", "249566758", "319072356"]
@@ -171,7 +171,7 @@ def _kill(proc: subprocess.Popen[bytes]) -> str:
 @pytest.mark.slow
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_distributor_survives_sigkill_at_random_moments(settings: Settings, tmp_path: Path) -> None:
-    kills, per_round = 20, 1000
+    kills, per_round = CRASH_KILLS, 1000
     store = EventStore(settings.database_urls["registrar"])
     _fill(store, tmp_path, kills, per_round)
     relay = Relay(store, settings, settings.kafka_bootstrap)
@@ -188,6 +188,13 @@ def test_distributor_survives_sigkill_at_random_moments(settings: Settings, tmp_
         proc = _start(env, "--solo")
         if k % 4 == 3:  # now and then during start-up and recovery
             time.sleep(rng.uniform(0.3, 1.5))
+        elif k % 4 == 0:  # now and then once it decided this round's events (so the next kills
+            _wait_for(proc, b"distributor_partitions_taken")  # land with work done and work left)
+            deadline = time.monotonic() + 60
+            while _decisions(ledger)[0] < relay.published_position() * len(FEEDS):
+                assert time.monotonic() < deadline, "the distributor decided nothing for a minute"
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0.0, 0.2))
         else:  # mostly while it decides and publishes: it is fast, so wait until it reads
             _wait_for(proc, b"distributor_partitions_taken")
             time.sleep(rng.uniform(0.0, 0.4))

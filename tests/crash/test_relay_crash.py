@@ -18,11 +18,11 @@ from services.registrar.commands import Registrar
 from services.registrar.relay import RESULTS_TOPIC, Relay
 from services.registrar.store import EventStore
 from tests.fixtures.bulkfiles import write_csv
-from tests.support import LOG_SINK, read_topic, run_rod, settings_env
+from tests.support import CRASH_KILLS, LOG_SINK, read_topic, run_rod, settings_env
 
 CATALOGUE = Path(__file__).resolve().parents[1] / "fixtures" / "catalogue.csv"
 EVENTS = 20_000
-KILLS = 20
+KILLS = CRASH_KILLS
 PEOPLE = ["111222333", "123456782", "249566758", "319072356"]
 
 

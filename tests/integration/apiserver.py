@@ -14,9 +14,10 @@ from typing import Any
 
 import httpx
 
+from services.app import Api, build_app
 from services.kernel.broker import free_port
+from services.kernel.server import HttpServer
 from services.kernel.settings import Settings
-from services.registrar.serve import HttpServer, RegistrarApi, build_app
 
 CATALOGUE = Path(__file__).resolve().parents[1] / "fixtures" / "catalogue.csv"
 
@@ -38,7 +39,7 @@ def registration(**changes: Any) -> dict[str, Any]:
 class RunningApi:
     url: str
     tokens: dict[str, str]
-    api: RegistrarApi
+    api: Api
     settings: Settings
 
     def client(self, institution: str | None = "25BE", **kwargs: Any) -> httpx.Client:

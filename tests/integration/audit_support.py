@@ -79,6 +79,15 @@ class Scripted:
                   "delivered_at": at}
         self.receipts.append((registered["result_id"].encode(), self.codec.encode("DeliveryReceipt", record)))
 
+    def acknowledge(self, registered: dict[str, Any], subscription: str, delivered: datetime,
+                    at: datetime) -> None:
+        """The consumer confirmed the delivery (a version 2 receipt, as the distributor writes it)."""
+        record = {"delivery_id": str(uuid.uuid5(_NS, f"{subscription}/{registered['event_id']}/DELIVERY")),
+                  "subscription": subscription, "kind": "ACKNOWLEDGED", "event_id": registered["event_id"],
+                  "result_id": registered["result_id"], "institution": registered["institution"],
+                  "delivered_at": delivered, "acknowledged_at": at, "message_kind": "DELIVERY"}
+        self.receipts.append((registered["result_id"].encode(), self.codec.encode("DeliveryReceipt", record)))
+
     def extract(self, registered: dict[str, Any], at: datetime) -> None:
         record = {"extract_id": str(uuid.uuid5(_NS, f"extract/{registered['event_id']}/{at.isoformat()}")),
                   "result_id": registered["result_id"], "event_id": registered["event_id"],
@@ -147,6 +156,7 @@ def scripted_year() -> Year:
         r = winter[("25BE", i)]
         if i == 0:
             log.deliver(r, "cibg-big", ams(2024, 12, 20))  # reached CIBG before the deletion
+            log.acknowledge(r, "cibg-big", ams(2024, 12, 20), ams(2024, 12, 20, 15))  # CIBG confirmed it
             log.extract(r, ams(2024, 12, 21))  # and an extract was issued
         if i == 1:
             log.deliver(r, "mijnoverheid", ams(2025, 3, 30))  # after the deletion: does not count
@@ -162,6 +172,8 @@ def scripted_year() -> Year:
         r = summer[("30XX", i)]
         log.deliver(r, "mijnoverheid", ams(2025, 6, 20))
         log.deliver(r, "extract", ams(2025, 6, 20))
+        if i == 0:  # confirmed only after the deletion: does not count
+            log.acknowledge(r, "mijnoverheid", ams(2025, 6, 20), ams(2025, 7, 30))
         if i == 2:
             log.extract(r, ams(2025, 10, 1))  # after the deletion: does not count
         delete("2025-11", r, ams(2025, 7, 1 + i), reason)

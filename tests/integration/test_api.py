@@ -222,8 +222,8 @@ def test_a_deletion_is_201_with_its_event_and_impact_then_409(api: RunningApi) -
     body = deleted.json()
     assert (body["result_id"], body["version"], body["position"]) == (result_id, 2, 2)
     assert body["event"]["type"] == "ResultDeleted" and body["event"]["deletion"]["reason"] == "FRAUD"
-    assert body["impact"] == {"consumers": [], "extract_issued": False, "has_impact": False,
-                              "message": body["impact"]["message"]}
+    assert body["impact"] == {"consumers": [], "acknowledged": [], "deliveries": [], "extract_issued": False,
+                              "extracts": [], "has_impact": False, "message": body["impact"]["message"]}
     assert body["impact"]["message"].startswith("Dit resultaat is nog niet")
     assert (twice.status_code, errors(twice)) == (409, [(None, "RESULT_ALREADY_DELETED")])
     assert dry_twice.status_code == 409

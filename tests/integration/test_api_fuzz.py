@@ -5,6 +5,7 @@ No request may get a 5xx, responses must match the document, and the chain stays
 from __future__ import annotations
 
 import itertools
+import os
 from typing import Any
 
 import httpx
@@ -26,8 +27,10 @@ from services.registrar.verify import verify
 from tests.integration.apiserver import running_api
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
-PER_OPERATION_AND_MODE = 200
-NEAR_VALID = 600
+# Examples per operation and mode: bounded in `make test` (the same generator, derandomised);
+# ROD_FUZZ_EXAMPLES=200 is the long run (bench/README.md).
+PER_OPERATION_AND_MODE = int(os.environ.get("ROD_FUZZ_EXAMPLES") or 50)
+NEAR_VALID = 3 * PER_OPERATION_AND_MODE
 
 FUZZ = settings(max_examples=PER_OPERATION_AND_MODE, deadline=None, database=None, derandomize=True,
                 phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
@@ -112,7 +115,7 @@ def test_fuzzing_gets_no_5xx_answers_as_documented_and_leaves_the_chain_valid(se
 
         total = next(sent)
         print(f"fuzz: {total} requests, {len(accepted)} results registered")
-        assert total >= 2000, total
+        assert total >= 10 * PER_OPERATION_AND_MODE, total  # every operation and mode had its run
         assert len(accepted) > 20
         verdict = verify(api.api.registrar.store)
         assert verdict.ok and verdict.checked == api.events() >= len(accepted), verdict

@@ -42,7 +42,8 @@ def test_deliveries_and_extracts_are_listed_in_the_dry_run_and_the_deletion(sett
         dry = client.post(f"/v1/results/{result_id}/deletions?dry_run=true", json={"reason": "OTHER",
                                                                                    "explanation": "test"})
         assert dry.json()["impact"] == {
-            "consumers": [], "extract_issued": False, "has_impact": False,
+            "consumers": [], "acknowledged": [], "deliveries": [], "extract_issued": False, "extracts": [],
+            "has_impact": False,
             "message": dry.json()["impact"]["message"]}
 
         stop = threading.Event()
@@ -77,6 +78,8 @@ def test_deliveries_and_extracts_are_listed_in_the_dry_run_and_the_deletion(sett
                                         "extract_issued": True})
         impact = dry_run()
         assert impact["has_impact"] is True and impact["message"].startswith("Let op")
+        assert [x["extract_id"] for x in impact["extracts"]] == ["X-1"]  # named, with its issue time
+        assert impact["extracts"][0]["issued_at"].endswith("Z")
         assert api.events() == 2  # the dry runs wrote nothing
 
         deleted = client.post(f"/v1/results/{result_id}/deletions", json={"reason": "ADMINISTRATIVE_ERROR"})

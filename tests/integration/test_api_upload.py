@@ -61,7 +61,7 @@ def test_a_50_mb_upload_completes_with_flat_memory_and_its_feedback_fetches_agai
 
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "services.registrar.serve:app_from_env",
+        [sys.executable, "-m", "uvicorn", "--factory", "services.app:app_from_env",
          "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"

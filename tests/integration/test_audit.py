@@ -118,6 +118,11 @@ def test_a_scripted_year_is_reported_deletion_by_deletion_in_exactly_one_period(
     fraud = next(r for r in winter["deletions"] if r["reason"] == "FRAUD")
     admin = next(r for r in winter["deletions"] if r["reason"] == "ADMINISTRATIVE_ERROR")
     assert (fraud["received_by"], fraud["extract_issued"]) == (["cibg-big"], True)
+    assert fraud["confirmed_by"] == ["cibg-big"]  # CIBG acknowledged it before the deletion
+    assert winter["chain_impact"]["by_consumer"]["cibg-big"]["confirmed"] == 1
+    summer_30xx = json.loads(bodies(audit_settings, "2025-11")["30XX.json"])
+    assert all(r["confirmed_by"] == [] for r in summer_30xx["deletions"])  # confirmed only afterwards
+    assert "mijnoverheid" in {c for r in summer_30xx["deletions"] for c in r["received_by"]}
     assert (admin["received_by"], admin["extract_issued"]) == ([], False)  # delivered only afterwards
     assert winter["chain_impact"]["any"] == {"count": 1, "share": round(1 / 6, 4)}
     # rate: deletions / registrations of the same period; 25BE registered 12 in winter (4 VO, 8 HO)

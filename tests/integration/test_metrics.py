@@ -54,7 +54,7 @@ def test_the_deploy_files_name_metrics_of_every_service() -> None:
     for expected in ("rod_registrations_total", "rod_feed_messages_total",
                      "rod_subscription_pending_age_seconds", "rod_consumer_lag_messages",
                      "rod_deadletters_open", "rod_relay_lag_events",
-                     "rod_chain_broken", "rod_reports_published_total"):
+                     "rod_chain_broken", "rod_reports_published_total", "rod_extract_outbox_unpublished"):
         assert expected in names
 
 
@@ -97,6 +97,7 @@ def test_a_live_scrape_covers_every_service_and_carries_no_personal_data(
     added = run_rod("institution", "add", "25BE", "--name", "Universiteit Test", "--sectors", "HO",
                     env=env, check=True)
     token = added.stdout.strip().splitlines()[-1]
+    run_rod("consumer", "add", "cibg-met", "--subscription", "cibg-big", env=env, check=True)  # an HTTP feed
     proc, _bootstrap = start_rod_up(env, data_dir)
     url = f"http://127.0.0.1:{proc.args[-1]}"
     try:
@@ -125,11 +126,12 @@ def test_a_live_scrape_covers_every_service_and_carries_no_personal_data(
             assert deleted.status_code == 201, deleted.text
 
         names = named_metrics()
+        distributor_group = f'group="{settings.group("rod-distributor")}"'
         scrape = _wait_for(url, lambda s: (
             all(n in s for n in names) and total(s, "rod_feed_messages_total", 'kind="withdrawal"') >= 3
             and total(s, "rod_audit_projected_total", 'kind="event"') >= 4
             and bool(s.get("rod_subscription_pending_events"))
-            and any('group="rod-distributor"' in ls for ls, _v in s.get("rod_consumer_lag_messages", []))))
+            and any(distributor_group in ls for ls, _v in s.get("rod_consumer_lag_messages", []))))
     finally:
         stop_rod_up(proc)
 
@@ -151,7 +153,7 @@ def test_a_live_scrape_covers_every_service_and_carries_no_personal_data(
     assert {"distributor", "audit", "registrar"} <= {
         dict(_LABELS.findall(labels))["service"] for labels, _v in found["rod_deadletters_open"]}
     groups = {dict(_LABELS.findall(labels))["group"] for labels, _v in found["rod_consumer_lag_messages"]}
-    assert "rod-distributor" in groups, groups
+    assert settings.group("rod-distributor") in groups, groups
 
     label_values = [v for line in scrape.splitlines() if not line.startswith("#")
                     for _k, v in _LABELS.findall(line)]

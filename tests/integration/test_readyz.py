@@ -115,7 +115,7 @@ def test_readyz_is_503_naming_the_database_while_it_is_unreachable_and_200_after
         "ROD_TOPIC_PREFIX": f"t{uuid.uuid4().hex[:10]}.",
     })
     everything_ok = {"database:registrar": "ok", "database:distributor": "ok", "database:audit": "ok",
-                     "database:operations": "ok", "broker": "ok"}
+                     "database:operations": "ok", "database:extract": "ok", "broker": "ok"}
     with running_api(settings, bootstrap=broker) as api:
         status, body, _ = _ready(api.url)
         assert (status, body) == (200, {"status": "ready", "dependencies": everything_ok})

@@ -83,16 +83,17 @@ def test_masking_rates_and_medians() -> None:
 
 
 def deletion(position: int, institution: str, sector: str, reason: str, at: datetime,
-             received: tuple[str, ...] = (), extract: bool = False) -> Deletion:
+             received: tuple[str, ...] = (), extract: bool = False,
+             confirmed: tuple[str, ...] = ()) -> Deletion:
     return Deletion(position, f"e{position}", f"r{position}", institution, sector, "56551", "B Geneeskunde",
                     f"D-{position}", "2024-07-01", "333", to_millis(at - timedelta(days=30)), to_millis(at),
-                    reason, received, extract)
+                    reason, received, extract, confirmed)
 
 
 def facts() -> PeriodFacts:
     period = Period.parse("2025-05")
     deletions = [
-        deletion(10, "25BE", "HO", "FRAUD", ams(2025, 1, 5), ("cibg-big",), True),
+        deletion(10, "25BE", "HO", "FRAUD", ams(2025, 1, 5), ("cibg-big",), True, ("cibg-big",)),
         deletion(11, "25BE", "VO", "OTHER", ams(2025, 4, 30, 23, 30)),
         deletion(12, "30XX", "HO", "ADMINISTRATIVE_ERROR", ams(2024, 11, 1, 0, 0), ("mijnoverheid",)),
     ]
@@ -116,7 +117,9 @@ def test_an_institution_report_counts_its_own_deletions_and_compares_them() -> N
     assert report["by_reason"]["FRAUD"] == 1 and report["by_reason"]["OTHER"] == 1
     assert report["by_month"]["2025-04"] == 1 and report["by_month"]["2025-01"] == 1
     assert report["chain_impact"]["any"] == {"count": 1, "share": 0.5}
-    assert report["chain_impact"]["by_consumer"]["cibg-big"] == {"count": 1, "share": 0.5}
+    assert report["chain_impact"]["by_consumer"]["cibg-big"] == {"count": 1, "share": 0.5, "confirmed": 1}
+    assert report["chain_impact"]["by_consumer"]["mijnoverheid"]["confirmed"] == 0
+    assert [r["confirmed_by"] for r in report["deletions"]] == [["cibg-big"], []]
     assert [(s["sector"], s["deletion_rate"], s["sector_median_rate"]) for s in report["sectors"]] == [
         ("HO", 0.1, 0.025), ("VO", 0.25, 0.25)]
     assert [h["deletion_rate"] for h in report["history"]] == [0.25, 0.1429]

@@ -11,6 +11,7 @@ import psutil
 import pytest
 from lxml import etree
 
+from services.kernel.codes import problem
 from services.registrar import bulk
 from services.registrar.bulk import (
     FIELD_KEYS,
@@ -182,16 +183,21 @@ def test_csv_empty_file_is_refused(tmp_path: Path) -> None:
     assert refused(write_bytes(tmp_path, "r.csv", ""), "csv").line == 1
 
 
-def test_csv_invalid_utf8_refuses_the_file_with_its_line(tmp_path: Path) -> None:
+def test_csv_invalid_utf8_costs_its_record_only(tmp_path: Path) -> None:
     good = "111222333,25BE,25BE01,HO,56551,A-{},2024-07-01\n"
     data = (HEADER + "\n").encode() + "".join(good.format(i) for i in range(5000)).encode()
     data += b"123456782,25BE,25BE01,HO,56551,\xff\xfe,2024-07-01\n" + good.format(9).encode()
     path = write_bytes(tmp_path, "r.csv", data)
 
-    error = refused(path, "csv")
+    read = records(path, "csv")
 
-    assert error.line == 5002
-    assert str(error) == "FILE_MALFORMED line 5002"
+    assert len(read) == 5002 and not any(r.problems for r in read if r.record != 5001)
+    assert (read[5000].line, read[5000].problems) == (5002, (problem("TEXT_NOT_UNICODE", "diploma_number"),))
+
+
+def test_csv_header_that_is_not_utf8_refuses_the_file(tmp_path: Path) -> None:
+    data = HEADER.encode().replace(b"bsn", b"bs\xff") + b"\n111222333,25BE,25BE01,HO,56551,A-1,2024-07-01\n"
+    assert refused(write_bytes(tmp_path, "r.csv", data), "csv").line == 1
 
 
 def test_csv_field_over_the_csv_module_limit_refuses_the_file(tmp_path: Path) -> None:
@@ -349,10 +355,24 @@ def test_xml_unreadable_files_are_refused(tmp_path: Path, xml: str, line: int) -
     assert refused(write_bytes(tmp_path, "r.xml", xml), "xml").line == line
 
 
-def test_xml_invalid_utf8_is_refused_with_its_line(tmp_path: Path) -> None:
+def test_xml_invalid_utf8_costs_its_record_only(tmp_path: Path) -> None:
     xml = b'<aanlevering instellingscode="25BE">\n<resultaat>\n<bsn>\xff\xfe</bsn>\n</resultaat>\n'
-    xml += b"</aanlevering>"
-    assert refused(write_bytes(tmp_path, "r.xml", xml), "xml").line == 3
+    xml += b"<resultaat><bsn>111222333</bsn></resultaat>\n</aanlevering>"
+    bad, good = records(write_bytes(tmp_path, "r.xml", xml), "xml")
+    assert (bad.line, bad.problems) == (2, (problem("TEXT_NOT_UNICODE", "bsn"),))
+    assert (good.line, good.problems, good.fields["bsn"]) == (5, (), "111222333")
+
+
+@pytest.mark.parametrize("reference", ["&#xD800;", "&#xdfff;", "&#55296;", "&#057343;"])
+def test_xml_reference_to_a_surrogate_costs_its_record_only(tmp_path: Path, reference: str) -> None:
+    opening, record = '<aanlevering instellingscode="25BE">\n<!--', "-->\n<resultaat><diplomavolgnummer>A-"
+    padding = "x" * (bulk._CHUNK - 3 - len(opening) - len(record))  # the reference straddles two chunks
+    xml = opening + padding + record + reference + "</diplomavolgnummer></resultaat>\n"
+    assert xml.index(reference) == bulk._CHUNK - 3
+    xml += "<resultaat><diplomavolgnummer>A-&#x41;</diplomavolgnummer></resultaat>\n</aanlevering>"
+    bad, good = records(write_bytes(tmp_path, "r.xml", xml), "xml")
+    assert bad.problems == (problem("TEXT_NOT_UNICODE", "diploma_number"),)
+    assert (good.problems, good.fields["diploma_number"]) == ((), "A-A")
 
 
 def test_xml_record_with_absurd_structure_refuses_the_file(tmp_path: Path) -> None:

@@ -20,9 +20,20 @@ def codec() -> Codec:
     return Codec()
 
 
-def test_fingerprint_matches_the_avro_specification_example() -> None:
-    # Avro spec: CRC-64-AVRO("int") = 0x8f5c393f1ad57572, written little endian.
-    assert schema_fingerprint("int") == bytes.fromhex("7275d51a3f395c8f")
+@pytest.mark.parametrize(
+    ("schema", "value"),
+    [  # Apache Avro share/test/data/schema-tests.txt: the CRC-64-AVRO value as a signed long
+        ("null", 7195948357588979594),
+        ("int", 8247732601305521295),
+        ("string", -8142146995180207161),
+    ],
+)
+def test_fingerprint_is_the_reference_vector_little_endian(schema: str, value: int) -> None:
+    assert schema_fingerprint(schema) == value.to_bytes(8, "little", signed=True)
+
+
+def test_the_null_schema_on_the_wire_reads_as_the_specification_writes_it() -> None:
+    assert schema_fingerprint("null") == bytes.fromhex("8a8f25cce724dd63")
 
 
 def test_first_version_samples_still_decode_and_link(codec: Codec) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 import uuid
 
-from services.registrar.store import EVENT_NAMESPACE, event_id_for, new_result_id
+from services.kernel.identifiers import EVENT_NAMESPACE, event_id_for
+from services.registrar.store import new_result_id
 
 
 def test_event_ids_are_the_uuid5_of_result_and_version() -> None:

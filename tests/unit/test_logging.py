@@ -32,7 +32,30 @@ def test_person_numbers_are_masked_in_messages_values_and_exceptions() -> None:
     assert entry["position"] == 123456789  # integers are positions, offsets, counts: kept
 
 
+def test_ids_are_never_mangled_and_numbers_beside_them_still_are() -> None:
+    ids = ["43d63019-0bdc-4fee-92c0-a9ae12345399", "ffa6cebd-afef-4828-a123-456789985ec1",
+           "12345678-1234-5123-8123-123456789012"]
+    for uid in ids:
+        assert rod_logging.mask_digits(f"batch {uid} done") == f"batch {uid} done"
+    assert rod_logging.mask_digits(f"{ids[0]} bsn 111222333") == f"{ids[0]} bsn *****333"
+
+
 MADE_AT_IMPORT = rod_logging.get_logger("imported")
+
+
+def test_a_client_address_is_kept_whole_and_a_person_number_in_its_place_is_not() -> None:
+    out = io.StringIO()
+    rod_logging.configure(stream=out, json=True)
+    try:
+        log = rod_logging.get_logger("test")
+        log.warning("authentication_failed", client="192.168.100.200")
+        log.warning("authentication_failed", client="111222333", note="from 192.168.100.200")
+    finally:
+        rod_logging.configure(stream=LOG_SINK, json=True)
+    first, second = (json.loads(line) for line in out.getvalue().splitlines())
+    assert first["client"] == "192.168.100.200"
+    assert second["client"] == "*****333"  # not an address: masked like any value
+    assert second["note"] == "from *****100.200"  # only the `client` key is read as an address
 
 
 def test_a_logger_made_before_configure_follows_it() -> None:

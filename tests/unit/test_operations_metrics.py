@@ -17,6 +17,12 @@ OVERVIEW = {
         {"name": "cibg-big", "state": "paused", "pending": 5, "pending_age_seconds": 42.5, "held": 0},
         {"name": "extract", "state": "running", "pending": 0, "pending_age_seconds": None, "held": 2},
     ],
+    "consumers": [
+        {"name": "cibg-prod", "subscription": "cibg-big", "unacknowledged": 12,
+         "oldest_unacknowledged_age_seconds": 2400.0, "last_fetch_at": "2026-11-30T10:00:00+00:00"},
+        {"name": "mijn", "subscription": "mijnoverheid", "unacknowledged": 0,
+         "oldest_unacknowledged_age_seconds": None, "last_fetch_at": None},
+    ],
     "deadletters": {"open": 1, "total": 3, "by_service": {"audit": {"open": 1, "total": 3}}},
 }
 
@@ -53,3 +59,14 @@ def test_before_the_first_overview_only_the_refresh_time_shows() -> None:
     text = scrape(None)
     assert "rod_overview_last_refresh_timestamp_seconds 0.0" in text
     assert "rod_consumer_lag_messages{" not in text
+
+
+def test_http_feed_consumers_unacknowledged_and_how_long_the_oldest_waits() -> None:
+    text = scrape(OVERVIEW)
+    cibg = 'consumer="cibg-prod",subscription="cibg-big"'
+    assert f"rod_feed_unacknowledged_messages{{{cibg}}} 12.0" in text
+    assert f"rod_feed_oldest_unacknowledged_age_seconds{{{cibg}}} 2400.0" in text
+    assert f"rod_feed_last_fetch_timestamp_seconds{{{cibg}}} 1.7960328e+09" in text
+    mijn = 'consumer="mijn",subscription="mijnoverheid"'
+    assert f"rod_feed_oldest_unacknowledged_age_seconds{{{mijn}}} 0.0" in text
+    assert f"rod_feed_last_fetch_timestamp_seconds{{{mijn}}} 0.0" in text

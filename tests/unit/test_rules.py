@@ -9,8 +9,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from services.kernel.codes import CODES
 from services.registrar.catalogue import Catalogue
-from services.registrar.codes import CODES
 from services.registrar.rules import (
     DELETION_REASONS,
     SECTORS,
