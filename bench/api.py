@@ -7,6 +7,13 @@ reachable, PostgreSQL (a fresh schema, dropped afterwards).
 
     .venv/bin/python bench/api.py                    # both databases, 16 clients, 30 s each
     .venv/bin/python bench/api.py --db sqlite --seconds 10 --workers 2
+    .venv/bin/python bench/api.py --compare-limits   # issue 13: HttpServer's limits on vs off
+
+`--compare-limits` runs two servers on SQLite side by side: plain uvicorn without limits (as
+before issue 13) and the app through `services.kernel.server.HttpServer` as `rod up` serves it
+(header limit and timeouts, connection cap, Host check), and loads them in alternating rounds
+(which goes first alternates too), printing each round, the ratio of the mean throughputs and
+the servers' CPU time per request (steadier than throughput when other work shares the machine).
 
 The client is raw asyncio HTTP/1.1 with keep-alive, one connection per client, so it costs
 the shared CPU as little as a Python client can. Person numbers: the documented examples
@@ -28,6 +35,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+import psutil
 import sqlalchemy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,11 +66,11 @@ async def client_loop(port: int, token: str, client: int, kind: str, deadline: f
         while time.perf_counter() < deadline:
             if kind == "register":
                 body = registration(client, i)
-                head = (f"POST /v1/results HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {token}\r\n"
+                head = (f"POST /v1/results HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n"
                         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
                 request = head + body
             else:
-                request = b"GET /healthz HTTP/1.1\r\nHost: bench\r\n\r\n"
+                request = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n"
             started = time.perf_counter()
             writer.write(request)
             status_line = await reader.readline()
@@ -80,12 +88,13 @@ async def client_loop(port: int, token: str, client: int, kind: str, deadline: f
         writer.close()
 
 
-async def load(port: int, token: str, kind: str, clients: int, seconds: float) -> dict[str, float]:
+async def load(port: int, token: str, kind: str, clients: int, seconds: float,
+               first_client: int = 0) -> dict[str, float]:
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     started = time.perf_counter()
     deadline = started + seconds
-    await asyncio.gather(*(client_loop(port, token, c, kind, deadline, latencies, statuses)
+    await asyncio.gather(*(client_loop(port, token, first_client + c, kind, deadline, latencies, statuses)
                            for c in range(clients)))
     elapsed = time.perf_counter() - started
     cuts = statistics.quantiles(latencies, n=100)
@@ -112,11 +121,15 @@ def drop_schema(schema: str) -> None:
     engine.dispose()
 
 
-def start_server(url: str, data_dir: Path, port: int, workers: int) -> subprocess.Popen[bytes]:
+def start_server(url: str, data_dir: Path, port: int, workers: int = 1, limits: bool = False,
+                 env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """The API in its own process: plain uvicorn, or with `limits` through HttpServer as `rod up` runs it."""
     env = {**os.environ, "ROD_DATABASE_URL": url, "ROD_DATA_DIR": str(data_dir),
-           "ROD_CATALOGUE": str(ROOT / "tests" / "fixtures" / "catalogue.csv")}
-    command = [sys.executable, "-m", "uvicorn", "--factory", "services.registrar.serve:app_from_env",
+           "ROD_CATALOGUE": str(ROOT / "tests" / "fixtures" / "catalogue.csv"), **(env or {})}
+    command = [sys.executable, "-m", "uvicorn", "--factory", "services.app:app_from_env",
                "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning"]
+    if limits:
+        command = [sys.executable, str(Path(__file__).resolve()), "--serve", str(port)]
     if workers > 1:
         command += ["--workers", str(workers)]
     proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -152,13 +165,84 @@ def run(db: str, url: str, clients: int, seconds: float, workers: int) -> dict[s
     return figures
 
 
+def serve(port: int) -> None:
+    """The API from ROD_* variables through HttpServer, until SIGTERM."""
+    import signal
+    import threading
+
+    from services.app import app_from_env
+    from services.kernel.server import HttpServer
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    HttpServer(app_from_env(), port).run(stop)
+
+
+def compare_limits(clients: int, seconds: float, rounds: int) -> None:
+    """Plain uvicorn against HttpServer with its limits, SQLite each, in alternating rounds."""
+    with tempfile.TemporaryDirectory() as tmp:
+        servers, tokens, stores = {}, {}, []
+        for name in ("off", "on"):
+            (Path(tmp) / name).mkdir()
+            url = f"sqlite:///{tmp}/{name}/registrar.db"
+            store = EventStore(url)
+            stores.append(store)
+            registrar = Registrar(store, Catalogue.load(ROOT / "tests" / "fixtures" / "catalogue.csv"))
+            tokens[name] = registrar.add_institution("25BE", "Bench University", ["HO"])
+            port = free_port()
+            servers[name] = (port, start_server(url, Path(tmp) / name, port, limits=name == "on"))
+        totals = {(name, kind): 0.0 for name in servers for kind in ("healthz", "register")}
+        # server CPU per request: what the limits cost, steadier than throughput on a shared machine
+        cpu = {key: [0.0, 0] for key in totals}
+        try:
+            for name, (port, _) in servers.items():
+                asyncio.run(load(port, tokens[name], "healthz", clients, 2))  # warm up
+            print(f"limits off (plain uvicorn) vs on (HttpServer): {clients} clients, "
+                  f"{seconds:.0f} s a load, {rounds} rounds")
+            for r in range(rounds):
+                for name in (("off", "on") if r % 2 == 0 else ("on", "off")):
+                    port, proc = servers[name]
+                    for kind in ("healthz", "register"):
+                        used = sum(psutil.Process(proc.pid).cpu_times()[:2])
+                        f = asyncio.run(load(port, tokens[name], kind, clients, seconds, r * clients))
+                        used = sum(psutil.Process(proc.pid).cpu_times()[:2]) - used
+                        totals[name, kind] += f["per_second"]
+                        cpu[name, kind][0] += used
+                        cpu[name, kind][1] += f["requests"]
+                        print(f"round {r + 1} limits {name:3} {kind:8} {f['per_second']:8.0f}/s  "
+                              f"p50 {f['p50_ms']:6.1f} ms  p99 {f['p99_ms']:6.1f} ms  "
+                              f"{used / f['requests'] * 1e6:6.0f} us CPU/request  {f['statuses']}")
+            for kind in ("healthz", "register"):
+                off, on = totals["off", kind] / rounds, totals["on", kind] / rounds
+                cpu_off, cpu_on = (cpu[name, kind][0] / cpu[name, kind][1] * 1e6 for name in ("off", "on"))
+                print(f"{kind:8} off {off:8.0f}/s  on {on:8.0f}/s  on/off {on / off:.3f} (goal >= 0.95); "
+                      f"server CPU/request off {cpu_off:.0f} us  on {cpu_on:.0f} us: "
+                      f"off/on {cpu_off / cpu_on:.3f}")
+        finally:
+            for _, proc in servers.values():
+                proc.terminate()
+                proc.wait(30)
+            for store in stores:
+                store.dispose()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--db", choices=["sqlite", "postgres", "both"], default="both")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    parser.add_argument("--compare-limits", action="store_true",
+                        help="HttpServer's limits on vs plain uvicorn, alternating rounds (SQLite)")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds of --compare-limits")
+    parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the server side
     args = parser.parse_args()
+    if args.serve:
+        serve(args.serve)
+        return
+    if args.compare_limits:
+        compare_limits(args.clients, args.seconds, args.rounds)
+        return
     print(f"HTTP API: {args.clients} clients, {args.seconds:.0f} s per run, {args.workers} worker(s)")
     for db in (["sqlite", "postgres"] if args.db == "both" else [args.db]):
         schema = None

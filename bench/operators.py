@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.distribute import CATALOGUE, fill  # noqa: E402
+from bench.rawhttp import read_response  # noqa: E402
 from services.audit.projection import Projection  # noqa: E402
 from services.audit.reader import AuditReader  # noqa: E402
 from services.distributor.loop import Distributor  # noqa: E402
@@ -215,17 +216,11 @@ async def paced(port: int, token: str, rate: float | None, seconds: float, run: 
                     "person": {"bsn": PEOPLE[i % 4]}, "institution": "25BE", "branch": "25BE01",
                     "sector": "HO", "programme_code": "56551", "diploma_number": f"R{run}-{c}-{i}",
                     "diploma_date": "2026-07-01"}).encode()
-                head = (f"POST /v1/results HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {token}\r\n"
+                head = (f"POST /v1/results HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n"
                         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
                 started = time.perf_counter()
                 writer.write(head + body)
-                status = int((await reader.readline()).split()[1])
-                length = 0
-                while (line := await reader.readline()) not in (b"\r\n", b""):
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value)
-                await reader.readexactly(length)
+                status, _body = await read_response(reader)
                 latencies.append(time.perf_counter() - started)
                 statuses[status] = statuses.get(status, 0) + 1
                 i += 1
