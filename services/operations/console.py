@@ -16,8 +16,6 @@ rod.operations.v1 (the dead-letter functions record their own).
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
 import re
 import secrets
@@ -27,7 +25,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -44,8 +41,19 @@ from services.kernel.codec import Codec
 from services.kernel.database import make_engine
 from services.kernel.logging import get_logger, mask_digits
 from services.kernel.settings import Settings
-from services.kernel.text import is_unicode
 from services.kernel.throttle import FailedLogins, client_address, retry_after
+from services.kernel.web import (
+    Refused,
+    aware,
+    csrf_matches,
+    hash_id,
+    new_id,
+    page_headers,
+    page_policy,
+    read_form,
+    same_origin,
+)
+from services.kernel.web import now as _now
 from services.operations.actions import ActionLog
 from services.operations.identity import operator_for
 from services.operations.store import OperationsStore, flashes, sessions
@@ -87,16 +95,6 @@ LOGIN_REFUSALS = {  # a failed login's outcome → its answer
 }
 
 
-class Refused(Exception):
-    """An answer other than the page: status and a short message free of personal data."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
-
-
 @dataclass(frozen=True)
 class Operator:
     """Who is acting, and how they proved it."""
@@ -104,18 +102,6 @@ class Operator:
     name: str
     session: str | None = None  # hash of the session id (cookie login), None for a bearer token
     csrf: str | None = None
-
-
-def _hash(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # SQLite hands back naive UTC
 
 
 class Console:
@@ -137,10 +123,7 @@ class Console:
                                      autoescape=select_autoescape(["html"]))
         self.templates.globals.update(fmt=fmt, tabulate=tabulate)
         self.css = (TEMPLATES / "console.css").read_text()
-        style_hash = base64.b64encode(hashlib.sha256(self.css.encode()).digest()).decode()
-        # nothing may load or run; the one inline style block is allowed by its hash
-        self.policy = (f"default-src 'none'; style-src 'sha256-{style_hash}'; img-src 'none'; "
-                       "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+        self.policy = page_policy(self.css)  # nothing may load or run but the one inline style block
         self._lazy: dict[str, Any] = {}
         self._lock = threading.Lock()
 
@@ -189,10 +172,10 @@ class Console:
             raise self.login_failed(request, client, "forbidden" if forbidden else "invalid")
         session_id = request.cookies.get(COOKIE)
         if session_id and len(session_id) <= 128:
-            digest = _hash(session_id)
+            digest = hash_id(session_id)
             with self.store.reading() as conn:
                 row = conn.execute(select(sessions).where(sessions.c.id_hash == digest)).first()
-            alive = row is not None and _aware(row.expires_at) > _now()
+            alive = row is not None and aware(row.expires_at) > _now()
             if alive and hmac.compare_digest(row.id_hash, digest):
                 return Operator(row.operator, row.id_hash, row.csrf)
         raise Refused(401, "Log in with an operator token.")
@@ -214,12 +197,12 @@ class Console:
 
     def start_session(self, operator: str) -> str:
         """A new session for `operator`; returns the id for the cookie (only its hash is stored)."""
-        session_id = secrets.token_urlsafe(32)
+        session_id = new_id()
         moment = _now()
         with self.store.writing() as conn:
             conn.execute(delete(sessions).where(sessions.c.expires_at < moment))  # the expired ones
             conn.execute(insert(sessions).values(
-                id_hash=_hash(session_id), operator=operator, csrf=secrets.token_urlsafe(32),
+                id_hash=hash_id(session_id), operator=operator, csrf=secrets.token_urlsafe(32),
                 created_at=moment, expires_at=moment + timedelta(hours=SESSION_HOURS),
             ))
         return session_id
@@ -230,17 +213,17 @@ class Console:
         moment = _now()
         with self.store.writing() as conn:
             conn.execute(delete(flashes).where(flashes.c.expires_at < moment))
-            conn.execute(insert(flashes).values(id_hash=_hash(flash_id), operator=operator, message=message,
+            conn.execute(insert(flashes).values(id_hash=hash_id(flash_id), operator=operator, message=message,
                                                 expires_at=moment + timedelta(minutes=FLASH_MINUTES)))
         return flash_id
 
     def take_flash(self, operator: str, flash_id: str) -> str | None:
         """The message kept under `flash_id` for `operator`, once: taking it deletes it."""
-        mine = (flashes.c.id_hash == _hash(flash_id)) & (flashes.c.operator == operator)
+        mine = (flashes.c.id_hash == hash_id(flash_id)) & (flashes.c.operator == operator)
         with self.store.writing() as conn:
             row = conn.execute(select(flashes).where(mine)).first()
             conn.execute(delete(flashes).where(mine))
-        return row.message if row is not None and _aware(row.expires_at) > _now() else None
+        return row.message if row is not None and aware(row.expires_at) > _now() else None
 
     def end_session(self, operator: Operator) -> None:
         if operator.session:
@@ -309,8 +292,7 @@ class Console:
         return HTMLResponse(html, status_code=status, headers=self.headers())
 
     def headers(self) -> dict[str, str]:
-        return {"content-security-policy": self.policy, "x-content-type-options": "nosniff",
-                "x-frame-options": "DENY", "cache-control": "no-store", "referrer-policy": "same-origin"}
+        return page_headers(self.policy)
 
     # actions
 
@@ -360,7 +342,7 @@ def fmt(value: Any) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, datetime):
-        return _aware(value).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        return aware(value).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     if isinstance(value, dict):
         return ", ".join(f"{k} {fmt(v)}" for k, v in value.items())
     if isinstance(value, list | tuple):
@@ -389,42 +371,13 @@ def tabulate(value: Any, skip: tuple[str, ...] = ()) -> tuple[list[str], list[di
 
 async def _form(request: Request) -> dict[str, str]:
     """The urlencoded form of a POST (the only kind the console's pages send), capped in size."""
-    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if kind != "application/x-www-form-urlencoded":
-        raise Refused(415, "Send the form as application/x-www-form-urlencoded.")
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > FORM_LIMIT:
-            raise Refused(413, "The form is too large.")
-    try:
-        # bytes that are not UTF-8 become lone surrogates (not U+FFFD), so they are refused below
-        parsed = parse_qs(body.decode(errors="surrogateescape"), keep_blank_values=True, max_num_fields=20,
-                          errors="surrogateescape")
-    except ValueError:
-        raise Refused(400, "The form could not be read.") from None
-    for key, values in parsed.items():
-        if not all(map(is_unicode, [key, *values])):
-            field = key if is_unicode(key) and key.isidentifier() and len(key) <= 40 else "?"
-            raise Refused(422, f"TEXT_NOT_UNICODE: the form field {field} is not valid text (Unicode).")
-    return {key: values[0] for key, values in parsed.items()}
-
-
-def _same_origin(request: Request) -> None:
-    """Refuse a POST another site's page sent (Origin, or Sec-Fetch-Site where the browser sets it)."""
-    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
-        raise Refused(403, "Cross-site requests are refused.")
-    origin = request.headers.get("origin")
-    if origin is not None and origin != f"{request.url.scheme}://{request.headers.get('host', '')}":
-        raise Refused(403, "Cross-site requests are refused.")
+    return await read_form(request, FORM_LIMIT)
 
 
 def _csrf(operator: Operator, form: dict[str, str]) -> None:
     """A cookie session's form must carry its CSRF token (compared in constant time)."""
-    if operator.session is not None:
-        sent = form.get("csrf", "")
-        if not (operator.csrf and hmac.compare_digest(sent.encode(), operator.csrf.encode())):
-            raise Refused(403, "The form has expired: reload the console and try again.")
+    if operator.session is not None and not csrf_matches(operator.csrf, form.get("csrf", "")):
+        raise Refused(403, "The form has expired: reload the console and try again.")
 
 
 def _checked(operator: Operator, form: dict[str, str]) -> str:
@@ -464,7 +417,7 @@ def console_router(
     @router.post("/ops/login")
     async def login(request: Request) -> Response:
         try:
-            _same_origin(request)
+            same_origin(request)
             client = console.unblocked_client(request)
             token = (await _form(request)).get("token", "").strip()
             name = await run_in_threadpool(operator_for, console.store, token)
@@ -486,7 +439,7 @@ def console_router(
     async def logout(request: Request) -> Response:
         try:
             operator = await run_in_threadpool(console.identify, request)
-            _same_origin(request)
+            same_origin(request)
             form = await _form(request)
             _csrf(operator, form)
         except Refused as refusal:
@@ -513,7 +466,7 @@ def console_router(
     ) -> Response:
         try:
             operator = await run_in_threadpool(console.identify, request)
-            _same_origin(request)
+            same_origin(request)
             reason = _checked(operator, await _form(request))
             outcome = await run_in_threadpool(perform, operator.name, reason)
         except Refused as refusal:
