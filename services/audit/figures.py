@@ -18,6 +18,7 @@ from functools import cached_property
 from statistics import median
 
 from services.audit.periods import Period, local_month, local_time
+from services.kernel.identifiers import mask_person_number
 
 REASONS = (
     "FRAUD",
@@ -85,15 +86,6 @@ class PeriodFacts:
     @cached_property
     def medians(self) -> dict[str, dict[str, float | int | None]]:
         return sector_medians(self)
-
-
-def masked(last3: str) -> str:
-    """The register's masked person number: six asterisks and the last three digits.
-
-    >>> masked("333")
-    '******333'
-    """
-    return "******" + last3
 
 
 def rate(deletions: int, registrations: int) -> float | None:
@@ -168,7 +160,7 @@ def row(d: Deletion) -> dict[str, object]:
     """One deletion as the report shows it (the person number masked)."""
     return {
         "result_id": d.result_id,
-        "person_number": masked(d.person_last3),
+        "person_number": mask_person_number(d.person_last3),
         "diploma_number": d.diploma_number,
         "programme_code": d.programme_code,
         "programme_name": d.programme_name,

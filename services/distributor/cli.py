@@ -20,7 +20,7 @@ from services.distributor.subscriptions import Subscription, SubscriptionError, 
 from services.kernel import kafka
 from services.kernel.broker import BrokerUnavailable, resolve_bootstrap
 from services.kernel.codec import Codec, DecodeError
-from services.kernel.logging import mask_digits
+from services.kernel.identifiers import mask_person_number
 from services.kernel.settings import Settings
 from services.operations.cli import as_option, record_cli_action
 
@@ -228,7 +228,7 @@ def _printable(record: dict[str, Any], show_person_numbers: bool) -> dict[str, A
         if isinstance(value, datetime | date):
             value = value.isoformat()
         if key in PERSON_FIELDS and isinstance(value, str) and not show_person_numbers:
-            value = mask_digits(value)
+            value = mask_person_number(value)
         out[key] = value
     return out
 

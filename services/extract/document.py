@@ -43,10 +43,10 @@ from reportlab.platypus import (
 from reportlab.platypus.flowables import Flowable
 
 from services.extract.signing import SigningIdentity
+from services.kernel.identifiers import MASKED_PERSON_NUMBER
 
 AMSTERDAM = ZoneInfo("Europe/Amsterdam")
 FIELD_NAME = "RodExtractSignature"
-MASKED = re.compile(r"\*{3,}\d{3}")
 REFERENCE = re.compile(r"RodExtractId=(\S+) RodVerificationCode=(\S+)")
 INK = colors.HexColor("#154273")  # the dark blue of Dutch government documents
 PAPER = colors.HexColor("#e7eef6")
@@ -83,7 +83,7 @@ class ExtractDocument:
 
     def __post_init__(self) -> None:
         # The message never repeats the value: it could be a full person number.
-        if not MASKED.fullmatch(self.person_number_masked):
+        if not MASKED_PERSON_NUMBER.fullmatch(self.person_number_masked):
             raise ValueError("person_number_masked must be masked to its last three digits")
         if self.language not in WORDS:
             raise ValueError(f"language must be one of {sorted(WORDS)}")

@@ -11,6 +11,7 @@ through :func:`mask_person_number`.
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 
 _WEIGHTS = (9, 8, 7, 6, 5, 4, 3, 2, -1)
@@ -53,15 +54,23 @@ def is_valid_onderwijsnummer(n: str) -> bool:
     return len(n) == 9 and n.startswith("10") and _is_digits(n) and _weighted_sum(n) % 11 == 5
 
 
+PERSON_NUMBER_MASK = "******"
+MASKED_PERSON_NUMBER = re.compile(r"\*{6}\d{3}")  # what mask_person_number gives for a number
+
+
 def mask_person_number(n: str) -> str:
-    """Hide a person number except its last three digits (the register's masked form).
+    """The register's one masked form of a person number: six asterisks and its last three digits.
 
-    The mask has a fixed width, so it does not reveal the length of what it hides.
+    Everything that shows or logs a person number uses it: reports, extracts, `rod feed tail`,
+    the console, the Loket and the logs' masking processor. Spaces, dots and dashes written in
+    the number are dropped first; the mask has a fixed width, so it does not reveal the length
+    of what it hides, and a value of fewer than three digits is hidden whole.
 
-    >>> mask_person_number("111222333")
-    '******333'
+    >>> mask_person_number("111222333"), mask_person_number("1112.22.333"), mask_person_number("333")
+    ('******333', '******333', '******333')
     """
-    return "******" + (n[-3:] if len(n) > 3 else "")
+    digits = n.translate(_SEPARATORS)
+    return PERSON_NUMBER_MASK + (digits[-3:] if len(digits) >= 3 else "")
 
 
 def _is_digits(s: str) -> bool:

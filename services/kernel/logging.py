@@ -1,13 +1,19 @@
 """structlog set-up: JSON when not on a terminal, readable on one; person numbers always masked.
 
 The masking is a processor in the chain, so no call site can forget it. It rewrites every
-string in the event dict (keys' values, nested lists and dicts, the message itself): any
-run of 8 to 10 digits, also when written with spaces, dots or dashes as institutions do,
-becomes `*****` plus its last three digits. Integers (positions, offsets, counts) are left
-alone: the code base never holds a person number as an int. Ids are never mangled: a UUID
-(result, event, batch, delivery and extract ids) is kept whole, even where its groups hold
-a run of digits, and so is a client's network address under the key `client` (an IP address
-parsed as one: `192.168.100.200` is no person number).
+string in the event dict (keys' values, nested lists and dicts, exceptions, the message
+itself): any run of 8 to 10 digits, also when written with spaces, dots or dashes as
+institutions do, becomes the register's one masked form (`******333`: six asterisks and the
+last three digits, :func:`services.kernel.identifiers.mask_person_number`). Integers
+(positions, offsets, counts) are left alone: the code base never holds a person number as
+an int.
+
+Ids are never mangled: a digit run inside an id is not a person number. Kept whole are a UUID
+(result, event, batch, delivery and extract ids), also one whose first group is all digits
+(`91264990-38f2-…`, `12345678-9abc-…`), and a hexadecimal id of 16 or more hex digits
+(Avro fingerprints, digests, a UUID without its dashes: `123456789abcdef0`); a run of nine
+digits standing alone or glued to other letters is still masked. A client's network address
+under the key `client` (an IP address parsed as one: `192.168.100.200`) is kept too.
 """
 
 from __future__ import annotations
@@ -20,25 +26,32 @@ from typing import Any, TextIO
 
 import structlog
 
+from services.kernel.identifiers import mask_person_number
+
 _PERSON_NUMBER_RUN = re.compile(r"(?<![\d])\d(?:[ .-]?\d){7,9}(?![\d])")
-_UUID = re.compile(r"(?<![0-9A-Za-z])[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}(?![0-9A-Za-z])")
+_HEX = "[0-9a-fA-F]"
+_ID = re.compile(  # a UUID, or 16+ hex digits; not part of a longer word
+    rf"(?<![0-9A-Za-z])(?:{_HEX}{{8}}(?:-{_HEX}{{4}}){{3}}-{_HEX}{{12}}|{_HEX}{{16,}})(?![0-9A-Za-z])"
+)
 
 
 def mask_digits(text: str) -> str:
-    """Mask every digit run that could be a person number, keeping its last three digits; UUIDs stay.
+    """Mask every digit run that could be a person number (mask_person_number); ids stay whole.
 
     >>> mask_digits("bsn 111 222 333 rejected")
-    'bsn *****333 rejected'
+    'bsn ******333 rejected'
+    >>> mask_digits("batch 91264990-38f2-4a1b-8c2d-123456789abc, fingerprint 123456789abcdef0")
+    'batch 91264990-38f2-4a1b-8c2d-123456789abc, fingerprint 123456789abcdef0'
     """
     kept, start = [], 0
-    for uuid in _UUID.finditer(text):
-        kept += [_masked(text[start:uuid.start()]), uuid.group()]
-        start = uuid.end()
+    for found in _ID.finditer(text):
+        kept += [_masked(text[start:found.start()]), found.group()]
+        start = found.end()
     return "".join([*kept, _masked(text[start:])])
 
 
 def _masked(text: str) -> str:
-    return _PERSON_NUMBER_RUN.sub(lambda m: "*****" + re.sub(r"\D", "", m.group())[-3:], text)
+    return _PERSON_NUMBER_RUN.sub(lambda m: mask_person_number(m.group()), text)
 
 
 def _mask(value: Any) -> Any:
