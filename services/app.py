@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import FastAPI
 
 import services.replayers  # noqa: F401 - installs the dead-letter replays
-from services.audit.http import reports_router
+from services.audit.http import ReportShelf, reports_router
 from services.distributor.feed import FeedStore
 from services.distributor.http import feed_router
 from services.distributor.ledger import Ledger
@@ -36,8 +36,10 @@ from services.registrar.batches import BatchStore
 from services.registrar.catalogue import Catalogue
 from services.registrar.commands import Registrar
 from services.registrar.impact import ImpactReader, ImpactStore
+from services.registrar.loket.router import loket_router
 from services.registrar.store import SerialisedStore
 from services.registrar.tokens import TokenBook
+from services.registrar.writer import RegistrationWriter
 
 log = get_logger("app")
 
@@ -83,8 +85,11 @@ def build_app(
                   docs_url=None, redoc_url=None)
     install_error_handlers(app)
     document_the_gate(app)
-    app.include_router(registrar_router(registrar, BatchStore(event_store.engine), impact_store,
-                                        upload_dir=settings.data_dir / "uploads", upload_limit=limit))
+    batch_store = BatchStore(event_store.engine)
+    writer = RegistrationWriter(registrar)  # one group-committing writer for the API and the Loket
+    app.include_router(registrar_router(registrar, batch_store, impact_store,
+                                        upload_dir=settings.data_dir / "uploads", upload_limit=limit,
+                                        writer=writer))
     app.include_router(feed_router(feeds))
     app.include_router(extract_router(extract.store, extract.identity, extract.public_url,
                                       AttemptLimit(per_minute=extract.attempts_per_minute)))
@@ -92,6 +97,13 @@ def build_app(
     app.include_router(console)  # /ops: operator tokens only, the gate guards the realms alone
     app.include_router(readiness_router(settings, bootstrap))
     realms = [institutions.realm(), feeds.realm(), *extract_realms(extract.store)]
+    other_lookups = [r.lookup for r in realms[1:] if r.lookup] + [
+        lambda token: operator_for(console.console.store, token)]
+    # /loket: institution tokens by a login form; the audit's reports reach it through the shelf
+    app.include_router(loket_router(
+        registrar, batch_store, impact_store, writer, institutions,
+        lambda token: any(lookup(token) is not None for lookup in other_lookups), failed_logins,
+        ReportShelf(settings.data_dir / "reports"), settings.data_dir / "uploads", limit))
     app.add_middleware(Gate, realms=realms,
                        other_tokens=[lambda token: operator_for(console.console.store, token)],
                        failed_logins=failed_logins)

@@ -54,7 +54,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 JSON_LIMIT = 64 * 1024  # bytes of a JSON body; a registration is well under 1 KiB
 TOKEN_MAX = 256
 UPLOAD_PATH = "/v1/batches"
-PRIVATE_PREFIXES = ("/v1/", "/ops")  # answers that may carry person numbers: never kept in a cache
+PRIVATE_PREFIXES = ("/v1/", "/ops", "/loket")  # answers that may carry person numbers: never kept in a cache
 
 
 def error_body(problems: list[Problem], **extra: Any) -> dict[str, Any]:

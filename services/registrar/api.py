@@ -48,7 +48,7 @@ from services.registrar.batches import BatchStore
 from services.registrar.commands import FileRefused, Registrar
 from services.registrar.impact import ImpactStore
 from services.registrar.rules import check_deletion
-from services.registrar.store import StoredEvent, results
+from services.registrar.store import EventStore, StoredEvent, results
 from services.registrar.writer import RegistrationWriter
 
 UPLOAD_LIMIT = 100 * 1024 * 1024  # bytes of one bulk file
@@ -102,34 +102,24 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 def registrar_router(
     registrar: Registrar, batch_store: BatchStore, impact_store: ImpactStore, *,
-    upload_dir: Path, upload_limit: int = UPLOAD_LIMIT,
+    upload_dir: Path, upload_limit: int = UPLOAD_LIMIT, writer: RegistrationWriter | None = None,
 ) -> APIRouter:
-    """The registrar's API over one registrar, its batch feedback and its chain-impact tables."""
+    """The registrar's API over one registrar, its batch feedback and its chain-impact tables
+    (`writer`: the registration writer it shares with the Loket, else one of its own)."""
     router = APIRouter()
     store = registrar.store
     codec = Codec()
     upload_dir.mkdir(parents=True, exist_ok=True)
     served_metrics = metrics.Metrics(store)
-    writer = RegistrationWriter(registrar)
+    writer = writer or RegistrationWriter(registrar)
 
     @router.post("/v1/results", status_code=201, response_model=RegisteredOut, tags=["results"],
               responses={200: {"model": RegisteredOut, "description": "Already registered, identical"},
                          **_errors(400, 403, 409, 413)})
     async def register(body: RegistrationIn, response: Response, institution: Acting) -> dict[str, Any]:
         """Register one result; an identical repeat answers 200 with the same body."""
-        outcome = await asyncio.wrap_future(writer.submit(body.raw(), institution))
-        code = outcome.errors[0].code if outcome.errors else "none"
-        if outcome.outcome == "rejected":
-            problems = [_person_field(p) for p in outcome.errors]
-            if any(p.code in ("INSTITUTION_FORBIDDEN", "INSTITUTION_UNKNOWN") and p.field == "institution"
-                   for p in problems):
-                code, problems = "INSTITUTION_FORBIDDEN", [problem("INSTITUTION_FORBIDDEN", "institution")]
-            metrics.REGISTRATIONS.labels(outcome="rejected", code=code).inc()
-            raise refuse(problems)
-        metrics.REGISTRATIONS.labels(outcome=outcome.outcome, code=code).inc()
-        response.status_code = 201 if outcome.outcome == "accepted" else 200
-        return {"result_id": outcome.result_id, "event_id": outcome.event_id, "position": outcome.position,
-                "warnings": [p.as_dict() for p in outcome.warnings]}
+        response.status_code, answer = await register_result(writer, body, institution)
+        return answer
 
     @router.post("/v1/results/{result_id}/deletions", status_code=201, response_model=DeletedOut | DryRunOut,
               tags=["results"], responses={
@@ -139,24 +129,9 @@ def registrar_router(
         result_id: str, body: DeletionIn, response: Response, institution: Acting, dry_run: DryRun = False,
     ) -> dict[str, Any]:
         """Delete a result (a deletion event; nothing is removed), or show what it would touch."""
-        state = _owned_state(result_id, institution)
-        impact = impact_store.impact(result_id, state.registered_event_id)
-        if dry_run:
-            problems = check_deletion(body.reason, body.explanation)
-            if not problems and state.status == "deleted":
-                problems = [problem("RESULT_ALREADY_DELETED")]
-            if problems:
-                raise refuse(problems)
-            response.status_code = 200
-            return {"dry_run": True, "result_id": result_id, "impact": impact.as_dict()}
-        outcome = registrar.delete(result_id, body.reason, body.explanation, acting_institution=institution)
-        if outcome.outcome != "accepted":
-            raise refuse(outcome.errors)
-        metrics.count_deletion(body.reason)
-        assert outcome.event_id and outcome.position and outcome.version
-        [stored] = [e for e in store.stream(result_id) if e.event_id == outcome.event_id]
-        return {"result_id": result_id, "event_id": outcome.event_id, "position": outcome.position,
-                "version": outcome.version, "event": _event_view(codec, stored), "impact": impact.as_dict()}
+        state = owned_result(store, result_id, institution)
+        response.status_code, answer = delete_result(registrar, impact_store, state, body, dry_run)
+        return answer
 
     @router.get("/v1/results/{result_id}", response_model=ResultOut, tags=["results"],
              responses=_errors(403, 404))
@@ -165,7 +140,7 @@ def registrar_router(
         stream = store.stream(result_id) if _ID.fullmatch(result_id) else []
         if not stream:
             raise ApiError(404, [problem("RESULT_NOT_FOUND", "result_id")])
-        views = [_event_view(codec, e) for e in stream]
+        views = [event_view(codec, e) for e in stream]
         owner = views[0]["registration"]["institution"]
         if owner != institution:
             raise ApiError(403, [problem("INSTITUTION_FORBIDDEN", "result_id")])
@@ -185,30 +160,12 @@ def registrar_router(
             raise ApiError(415, [problem("CONTENT_TYPE_UNSUPPORTED", "content-type")])
         path, size = await _spool(request, upload_dir, upload_limit, _UPLOAD_TYPES[content_type])
         try:
-            batch_id, summary = await run_in_threadpool(_import, path, size, content_type, institution)
+            batch_id, summary = await run_in_threadpool(
+                import_upload, registrar, batch_store, path, size, content_type, institution)
         finally:
             path.unlink(missing_ok=True)
         response.headers["location"] = f"/v1/batches/{batch_id}/feedback"
         return {"batch_id": batch_id, "summary": summary, "feedback": f"/v1/batches/{batch_id}/feedback"}
-
-    def _import(path: Path, size: int, content_type: str, institution: str) -> tuple[str, dict[str, int]]:
-        writer = batch_store.start(institution, _UPLOAD_TYPES[content_type], size)
-        try:
-            summary = registrar.import_file(path, institution, content_type=content_type, on_record=writer)
-        except FileRefused as refused:
-            batch_store.close(writer, "refused")
-            status = _STATUS_BY_CODE.get(refused.problem.code, 422)
-            raise ApiError(status, [refused.problem], refused.line) from None
-        except BaseException:
-            batch_store.close(writer, "failed")
-            raise
-        batch_store.finish(writer, summary)
-        counts = {"accepted": summary.accepted, "duplicate": summary.duplicate,
-                  "rejected": summary.rejected, "warnings": summary.warnings}
-        metrics.BATCH_RECORDS.observe(summary.accepted + summary.duplicate + summary.rejected)
-        for outcome in ("accepted", "duplicate", "rejected"):
-            metrics.BATCH_OUTCOMES.labels(outcome=outcome).inc(counts[outcome])
-        return summary.batch_id, counts
 
     @router.get("/v1/batches/{batch_id}/feedback", tags=["batches"], response_model=None,
              responses={200: {"model": FeedbackOut, "content": {"text/csv": {"schema": {"type": "string"}}}},
@@ -242,18 +199,88 @@ def registrar_router(
             about a millisecond, and no hand-off to a busy thread pool under load)."""
             return Response(served_metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    def _owned_state(result_id: str, institution: str) -> Any:
-        row = None
-        if _ID.fullmatch(result_id):
-            with store.reading() as conn:
-                row = conn.execute(select(results).where(results.c.result_id == result_id)).first()
-        if row is None:
-            raise ApiError(404, [problem("RESULT_NOT_FOUND", "result_id")])
-        if row.institution != institution:
-            raise ApiError(403, [problem("INSTITUTION_FORBIDDEN", "result_id")])
-        return row
-
     return router
+
+
+async def register_result(
+    writer: RegistrationWriter, body: RegistrationIn, institution: str
+) -> tuple[int, dict[str, Any]]:
+    """Register one result for `institution` (the API's and the Loket's one path): 201 or 200 (an
+    identical repeat) and the answer; ApiError naming every problem of a rejected one."""
+    outcome = await asyncio.wrap_future(writer.submit(body.raw(), institution))
+    code = outcome.errors[0].code if outcome.errors else "none"
+    if outcome.outcome == "rejected":
+        problems = [_person_field(p) for p in outcome.errors]
+        if any(p.code in ("INSTITUTION_FORBIDDEN", "INSTITUTION_UNKNOWN") and p.field == "institution"
+               for p in problems):
+            code, problems = "INSTITUTION_FORBIDDEN", [problem("INSTITUTION_FORBIDDEN", "institution")]
+        metrics.REGISTRATIONS.labels(outcome="rejected", code=code).inc()
+        raise refuse(problems)
+    metrics.REGISTRATIONS.labels(outcome=outcome.outcome, code=code).inc()
+    return 201 if outcome.outcome == "accepted" else 200, {
+        "result_id": outcome.result_id, "event_id": outcome.event_id, "position": outcome.position,
+        "warnings": [p.as_dict() for p in outcome.warnings]}
+
+
+def owned_result(store: EventStore, result_id: str, institution: str) -> Any:
+    """The current state row of `institution`'s result; ApiError 404 (unknown) or 403 (another's)."""
+    row = None
+    if _ID.fullmatch(result_id):
+        with store.reading() as conn:
+            row = conn.execute(select(results).where(results.c.result_id == result_id)).first()
+    if row is None:
+        raise ApiError(404, [problem("RESULT_NOT_FOUND", "result_id")])
+    if row.institution != institution:
+        raise ApiError(403, [problem("INSTITUTION_FORBIDDEN", "result_id")])
+    return row
+
+
+def delete_result(
+    registrar: Registrar, impact_store: ImpactStore, state: Any, body: DeletionIn, dry_run: bool
+) -> tuple[int, dict[str, Any]]:
+    """Delete the result of `state` (from `owned_result`), or with `dry_run` only check the reason
+    and tell the chain impact (the API's and the Loket's one path): status and answer, or ApiError."""
+    result_id = state.result_id
+    impact = impact_store.impact(result_id, state.registered_event_id)
+    if dry_run:
+        problems = check_deletion(body.reason, body.explanation)
+        if not problems and state.status == "deleted":
+            problems = [problem("RESULT_ALREADY_DELETED")]
+        if problems:
+            raise refuse(problems)
+        return 200, {"dry_run": True, "result_id": result_id, "impact": impact.as_dict()}
+    outcome = registrar.delete(result_id, body.reason, body.explanation, acting_institution=state.institution)
+    if outcome.outcome != "accepted":
+        raise refuse(outcome.errors)
+    metrics.count_deletion(body.reason)
+    assert outcome.event_id and outcome.position and outcome.version
+    [stored] = [e for e in registrar.store.stream(result_id) if e.event_id == outcome.event_id]
+    return 201, {"result_id": result_id, "event_id": outcome.event_id, "position": outcome.position,
+                 "version": outcome.version, "event": event_view(Codec(), stored), "impact": impact.as_dict()}
+
+
+def import_upload(
+    registrar: Registrar, batch_store: BatchStore, path: Path, size: int, content_type: str, institution: str,
+) -> tuple[str, dict[str, int]]:
+    """Import the spooled bulk file at `path` with its feedback kept (the API's and the Loket's one
+    path): the batch id and the summary counts; ApiError for a file refused as a whole."""
+    writer = batch_store.start(institution, _UPLOAD_TYPES[content_type], size)
+    try:
+        summary = registrar.import_file(path, institution, content_type=content_type, on_record=writer)
+    except FileRefused as refused:
+        batch_store.close(writer, "refused")
+        status = _STATUS_BY_CODE.get(refused.problem.code, 422)
+        raise ApiError(status, [refused.problem], refused.line) from None
+    except BaseException:
+        batch_store.close(writer, "failed")
+        raise
+    batch_store.finish(writer, summary)
+    counts = {"accepted": summary.accepted, "duplicate": summary.duplicate,
+              "rejected": summary.rejected, "warnings": summary.warnings}
+    metrics.BATCH_RECORDS.observe(summary.accepted + summary.duplicate + summary.rejected)
+    for outcome in ("accepted", "duplicate", "rejected"):
+        metrics.BATCH_OUTCOMES.labels(outcome=outcome).inc(counts[outcome])
+    return summary.batch_id, counts
 
 
 def document_the_gate(app: FastAPI) -> None:
@@ -326,7 +353,7 @@ def _person_field(p: Problem) -> Problem:
     return p
 
 
-def _event_view(codec: Codec, stored: StoredEvent) -> dict[str, Any]:
+def event_view(codec: Codec, stored: StoredEvent) -> dict[str, Any]:
     name, record = codec.decode(stored.payload)
     view: dict[str, Any] = {
         "event_id": record["event_id"], "type": name, "version": record["version"],

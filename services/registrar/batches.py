@@ -16,16 +16,19 @@ from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
+    Index,
     Integer,
     MetaData,
     String,
     Table,
     Text,
     insert,
+    inspect,
     select,
     update,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DatabaseError
 
 from services.kernel.database import create_tables, writing
 from services.registrar.commands import BatchSummary, RecordFeedback
@@ -60,6 +63,12 @@ batch_records = Table(
     Column("result_id", String(36), nullable=True),
     Column("codes", Text, nullable=False),  # space-separated
 )
+
+# the rejected records of a batch, for the Loket's "only rejected" pages: partial, so the accepted
+# records of an import (nearly all of them) cost it nothing
+rejected_records = Index("ix_registrar_batch_records_rejected", batch_records.c.batch, batch_records.c.record,
+                         sqlite_where=batch_records.c.outcome == "rejected",
+                         postgresql_where=batch_records.c.outcome == "rejected")
 
 FLUSH_EVERY = 5000
 PAGE = 5000
@@ -111,6 +120,11 @@ class BatchStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         create_tables(metadata, engine)
+        try:
+            rejected_records.create(engine, checkfirst=True)  # also on a database made before it
+        except DatabaseError:
+            if not inspect(engine).has_index(batch_records.name, rejected_records.name):
+                raise  # not a concurrent creation
 
     def start(self, institution: str, fmt: str, size: int) -> FeedbackWriter:
         """Record an upload whose import is about to run; returns the feedback writer for it."""
@@ -148,6 +162,19 @@ class BatchStore:
                 .where(batches.c.batch_id == batch_id, batches.c.status == "finished")
             ).first()
         return Batch(*row) if row else None
+
+    def page(
+        self, batch: Batch, after: int, limit: int, rejected_only: bool = False
+    ) -> list[tuple[int, int, str, str | None, list[str]]]:
+        """Up to `limit` feedback rows after record `after`, in record order: one bounded index range."""
+        query = (select(batch_records.c.record, batch_records.c.line, batch_records.c.outcome,
+                        batch_records.c.result_id, batch_records.c.codes)
+                 .where(batch_records.c.batch == batch.key, batch_records.c.record > after))
+        if rejected_only:
+            query = query.where(batch_records.c.outcome == "rejected")
+        with self.engine.connect() as conn:
+            rows = conn.execute(query.order_by(batch_records.c.record).limit(limit)).all()
+        return [(r.record, r.line, r.outcome, r.result_id, r.codes.split()) for r in rows]
 
     def records(self, batch: Batch) -> Iterator[tuple[int, int, str, str | None, list[str]]]:
         """(record, line, outcome, result_id, codes) in record order, read page by page."""

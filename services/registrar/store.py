@@ -24,6 +24,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -85,6 +86,18 @@ results = Table(
     Column("registered_event_id", String(36), nullable=False),
     Column("data_digest", String(64), nullable=False),
     Column("position", BigInteger, nullable=False),
+)
+
+# each result's diploma number (fixed for the result's life: it is part of its identity), so an
+# institution finds its results by diploma number and pages through them newest first (the Loket)
+diplomas = Table(
+    "registrar_diplomas",
+    metadata,
+    Column("result_id", String(36), primary_key=True),
+    Column("institution", String(4), nullable=False),
+    Column("diploma_number", String(20), nullable=False),
+    Index("ix_registrar_diplomas_newest", "institution", "result_id"),
+    Index("ix_registrar_diplomas_number", "institution", "diploma_number"),
 )
 
 institutions = Table(
@@ -205,6 +218,7 @@ class Appender:
     event_rows: list[dict[str, Any]] = field(default_factory=list)
     touched: dict[str, ResultState] = field(default_factory=dict)  # by result_id
     stored_ids: set[str] = field(default_factory=set)  # result_ids that already have a row
+    new_diplomas: dict[str, dict[str, str]] = field(default_factory=dict)  # rows for `diplomas`
 
     def _load(self, rows: Iterable[Any]) -> None:
         for row in rows:
@@ -247,6 +261,10 @@ class Appender:
             }
         )
         state.position = self.position
+        if state.result_id not in self.stored_ids and "diploma_number" in record:
+            self.new_diplomas.setdefault(state.result_id, {
+                "result_id": state.result_id, "institution": record["institution"],
+                "diploma_number": record["diploma_number"]})
         self.touched[state.result_id] = state
         return StoredEvent(
             self.position, record["event_id"], record["result_id"], record["version"], name,
@@ -263,6 +281,7 @@ class Appender:
         updates = [{**s, "b_result_id": s["result_id"]} for s in changed if s["result_id"] in self.stored_ids]
         if inserts:
             self.conn.execute(insert(results), inserts)
+            self.conn.execute(insert(diplomas), [self.new_diplomas[s["result_id"]] for s in inserts])
         if updates:
             self.conn.execute(
                 update(results)
@@ -362,6 +381,34 @@ class EventStore:
                 .limit(limit)
             )
             return [StoredEvent(*row) for row in rows]
+
+    def results_page(
+        self, institution: str, diploma_number: str | None = None, before: str | None = None, limit: int = 25,
+    ) -> list[Any]:
+        """`institution`'s results newest first (result ids are UUIDv7), `limit` of them from below
+        `before`, only those of `diploma_number` if given: rows of result_id, diploma_number, status,
+        version. One bounded index range scan (registrar_diplomas' indexes)."""
+        query = (select(diplomas.c.result_id, diplomas.c.diploma_number, results.c.status, results.c.version)
+                 .join(results, results.c.result_id == diplomas.c.result_id)
+                 .where(diplomas.c.institution == institution))
+        if diploma_number is not None:
+            query = query.where(diplomas.c.diploma_number == diploma_number)
+        if before is not None:
+            query = query.where(diplomas.c.result_id < before)
+        with self.engine.connect() as conn:
+            return list(conn.execute(query.order_by(diplomas.c.result_id.desc()).limit(limit)))
+
+    def latest_registrations(self, result_ids: list[str]) -> dict[str, StoredEvent]:
+        """Each result's newest ResultRegistered event (at most a page of ids)."""
+        if not result_ids:
+            return {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(events.c.position, events.c.event_id, events.c.stream_id, events.c.version,
+                       events.c.event_type, events.c.payload, events.c.hash)
+                .where(events.c.stream_id.in_(result_ids), events.c.event_type == "ResultRegistered")
+                .order_by(events.c.version))
+            return {row.stream_id: StoredEvent(*row) for row in rows}
 
     def stream(self, result_id: str) -> list[StoredEvent]:
         """All events of one result, oldest first."""
