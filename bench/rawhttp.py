@@ -6,12 +6,18 @@ from __future__ import annotations
 import asyncio
 
 
+async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers with lower-case names, body) of the next answer on `reader` (Content-Length
+    framed; of a repeated header the last one)."""
+    status = int((await reader.readline()).split()[1])
+    headers: dict[str, str] = {}
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, await reader.readexactly(int(headers.get("content-length", 0)))
+
+
 async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     """(status, body) of the next answer on `reader` (Content-Length framed)."""
-    status = int((await reader.readline()).split()[1])
-    length = 0
-    while (line := await reader.readline()) not in (b"\r\n", b""):
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    return status, await reader.readexactly(length)
+    status, _, body = await read_answer(reader)
+    return status, body
