@@ -2,7 +2,8 @@
 
 Codes are stable: the HTTP API, bulk feedback, the CLI and events all carry them unchanged.
 Nothing else in the code base spells a message; build a `Problem` with `problem()`.
-Messages never contain the offending value, so no person number can leak through them.
+Messages never contain the offending value, so no person number can leak through them; a
+message may name a column, an element or a line (its `{parameters}`, listed in the doc line).
 """
 
 from __future__ import annotations
@@ -154,8 +155,64 @@ CODES: dict[str, tuple[str, str]] = {
         "MBO institutions may deliver bulk files only as XML.",
     ),
     "FILE_MALFORMED": (
-        "Het bestand kan niet worden gelezen.",
-        "The file cannot be read at all (encoding, header, XML well-formedness, DTD).",
+        "Het bestand kan niet worden gelezen (regel {line}).",
+        "The file cannot be read at all: a DTD or entity declaration in an XML file, a line over "
+        "1 MiB, a CSV cell the CSV reader cannot take, or an XML record of absurd size. Parameter: line.",
+    ),
+    "FILE_EMPTY": (
+        "Het bestand is leeg: er staat niets in, ook geen kopregel.",
+        "The file holds nothing but blank lines (or no bytes at all); line 1.",
+    ),
+    "FILE_NO_RECORDS": (
+        "Het bestand bevat geen resultaten: na regel {line} (de kopregel of <aanlevering>) staat "
+        "geen record.",
+        "The file has a header (CSV) or an <aanlevering> (XML) but not one record. Parameter: line.",
+    ),
+    "FILE_NOT_UTF8": (
+        "Het bestand is geen UTF-8-tekst (regel {line}); sla het op in de codering UTF-8.",
+        "The file as a whole is not UTF-8 text: a CSV in UTF-16 or UTF-32 (a byte-order mark or NUL "
+        "bytes), a CSV header line that is not UTF-8, an XML file in an encoding libxml2 does not know "
+        "or whose bytes do not match its declared encoding, or an XML root tag that is not UTF-8. A "
+        "record whose text is not UTF-8 costs that record only (TEXT_NOT_UNICODE). Parameter: line.",
+    ),
+    "SEPARATOR_INVALID": (
+        "De kopregel (regel {line}) is gescheiden door {separator}; gebruik een komma (,) of een "
+        "puntkomma (;) als scheidingsteken.",
+        "The CSV header is separated by something other than a comma or a semicolon (a tab, a "
+        "vertical bar, a colon); the message names it. Parameters: line, separator.",
+    ),
+    "HEADER_MISSING": (
+        "Regel {line} is geen kopregel: geen van de kolomnamen is bekend. Zet de kolomnamen op de "
+        "eerste regel: {columns}.",
+        "The first line names no known column (a file without a header, or another kind of file); "
+        "the message lists the register's columns. Parameters: line, columns.",
+    ),
+    "COLUMNS_MISSING": (
+        "In de kopregel (regel {line}) ontbreken verplichte kolommen: {columns}.",
+        "The CSV header lacks required columns; the message names them (bsn or onderwijsnummer counts "
+        "as one). Parameters: line, columns.",
+    ),
+    "COLUMNS_UNKNOWN": (
+        "De kopregel (regel {line}) heeft onbekende kolommen: {columns}. Bekende kolommen zijn: {known}.",
+        "The CSV header has columns the register does not know; the message names them (a name that "
+        "is not plain letters is shown by its position, `kolom 3`). Parameters: line, columns, known.",
+    ),
+    "COLUMNS_DUPLICATE": (
+        "De kopregel (regel {line}) noemt deze kolommen meer dan eens: {columns}.",
+        "The CSV header names a column more than once (letter case and spaces do not count). "
+        "Parameters: line, columns.",
+    ),
+    "XML_NOT_WELL_FORMED": (
+        "Het XML-bestand is niet goed gevormd (regel {line}); controleer de tags op en vlak voor die regel.",
+        "The XML is not well-formed (a tag not closed, mismatched or misspelt, text outside the root, "
+        "an undeclared entity); the line is where libxml2 noticed it. Parameter: line.",
+    ),
+    "XML_SCHEMA_INVALID": (
+        "Het XML-bestand past niet bij het schema aanlevering.xsd: {element} op regel {line}: {detail}.",
+        "The root element does not match schemas/xml/aanlevering.xsd: not <aanlevering>, in a "
+        "namespace, without or with an invalid instellingscode attribute, or with another attribute. "
+        "A <resultaat> that breaks the schema costs that record only (RECORD_MALFORMED or the rule's "
+        "code). Parameters: element, line, detail.",
     ),
     "FILE_TOO_LARGE": (
         "Het bestand is te groot.",
@@ -285,6 +342,16 @@ class Problem:
         return {"field": self.field, "code": self.code, "message": self.message}
 
 
-def problem(code: str, field: str | None = None) -> Problem:
-    """Build the Problem for `code`; an unknown code is a programming error."""
-    return Problem(field=field, code=code, message=CODES[code][0])
+def problem(code: str, field: str | None = None, **params: object) -> Problem:
+    """Build the Problem for `code`; an unknown code or a missing parameter is a programming error.
+
+    Parameters fill the message's `{name}` places; they are names, lines and positions, never a
+    value from the input (so never a person number).
+
+        >>> problem("FILE_NOT_UTF8", "file", line=1).message
+        'Het bestand is geen UTF-8-tekst (regel 1); sla het op in de codering UTF-8.'
+    """
+    message = CODES[code][0]
+    if "{" in message:
+        message = message.format(**params)  # parameters the message does not name are left out
+    return Problem(field=field, code=code, message=message)

@@ -5,6 +5,13 @@ Parsing only. Field contents are checked elsewhere; this module turns a file int
 file that cannot be read at all with `FileRefused`. Callers run `check_file` (a full
 streaming pre-pass) before `read_records`, so a refused file writes nothing.
 
+A refusal names what to fix (its own code, the line, the columns or element concerned):
+whatever breaks the file as a whole (an empty file, no records, a header with missing,
+unknown or repeated columns or the wrong separator, a CSV in UTF-16 or with a header that is
+not UTF-8, XML that is not well-formed or whose root does not match `aanlevering.xsd`). What
+breaks one record (a wrong column count, bytes that are not UTF-8 in a cell, an unknown
+element in a `<resultaat>`) costs that record only.
+
 Both formats stream: memory stays flat however many records a file holds.
 
     >>> fmt = sniff_format("results.xml")
@@ -22,7 +29,10 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cache
 from itertools import islice
+from pathlib import Path
+from typing import Any
 
 from lxml import etree
 
@@ -83,16 +93,37 @@ class BulkRecord:
 
 
 class FileRefused(Exception):
-    """The file as a whole cannot be processed; nothing of it may be written."""
+    """The file as a whole cannot be processed; nothing of it may be written.
 
-    def __init__(self, code: str, line: int | None = None) -> None:
+    `params` fill the code's message besides the line (columns, element); the exception's own
+    text is the code and the line only.
+    """
+
+    def __init__(self, code: str, line: int, **params: str) -> None:
         self.code = code
         self.line = line
-        self.problem = problem(code, "file")
-        super().__init__(code if line is None else f"{code} line {line}")
+        self.params = params
+        self.problem = problem(code, "file", line=line, **params)
+        super().__init__(f"{code} line {line}")
 
-    def __reduce__(self) -> tuple[type[FileRefused], tuple[str, int | None]]:
-        return (FileRefused, (self.code, self.line))
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_refused, (self.code, self.line, self.params))
+
+
+def _refused(code: str, line: int, params: dict[str, str]) -> FileRefused:
+    return FileRefused(code, line, **params)
+
+
+_SAFE_NAME = re.compile(r"[a-z_][a-z_ -]{0,39}")
+
+
+def shown_name(name: str, position: int) -> str:
+    """A column or element name as a message may show it: plain letters only, else its position.
+
+    A name with digits might be a person number (a file whose first line is data), so it is
+    never echoed.
+    """
+    return name if _SAFE_NAME.fullmatch(name) else f"kolom {position}"
 
 
 def sniff_format(path: StrPath, content_type: str | None = None) -> str:
@@ -101,6 +132,11 @@ def sniff_format(path: StrPath, content_type: str | None = None) -> str:
         fmt = _CONTENT_TYPES.get(content_type.split(";", 1)[0].strip().lower())
         if fmt is not None:
             return fmt
+    return "xml" if _first_byte(path) == b"<" else "csv"
+
+
+def _first_byte(path: StrPath) -> bytes:
+    """The file's first byte that is not a byte-order mark or blank (b"" for a blank file)."""
     with open(path, "rb") as f:
         chunk = f.read(_CHUNK)
         for bom in _BOMS:
@@ -110,9 +146,9 @@ def sniff_format(path: StrPath, content_type: str | None = None) -> str:
         while chunk:
             rest = chunk.lstrip(b" \t\r\n\x00")
             if rest:
-                return "xml" if rest[:1] == b"<" else "csv"
+                return rest[:1]
             chunk = f.read(_CHUNK)
-    return "csv"
+    return b""
 
 
 def check_file(path: StrPath, fmt: str) -> str | None:
@@ -125,9 +161,11 @@ def check_file(path: StrPath, fmt: str) -> str | None:
             pass
         return None
     if fmt == "xml":
-        institution = _xml_root(path)
-        for _ in _xml_children(path):
-            pass
+        if not _first_byte(path):
+            raise FileRefused("FILE_EMPTY", 1)
+        institution, line = _xml_root(path)
+        if not sum(1 for _ in _xml_children(path)):  # every child read: the whole file is checked
+            raise FileRefused("FILE_NO_RECORDS", line)
         return institution
     raise ValueError(f"unknown bulk-file format {fmt!r}")
 
@@ -190,12 +228,16 @@ def _csv_rows(path: StrPath) -> Iterator[tuple[int, list[str], list[str]]]:
         header_line, delimiter, names = _csv_header(text)
         reader = csv.reader(text, delimiter=delimiter)
         done = 0
+        data = False  # a row with a cell that is not blank was seen
         try:
             for row in reader:
                 yield header_line + done + 1, names, row
                 done = reader.line_num
+                data = data or any(cell.strip() for cell in row)
         except csv.Error:
             raise FileRefused("FILE_MALFORMED", header_line + reader.line_num) from None
+        if not data:
+            raise FileRefused("FILE_NO_RECORDS", header_line)
 
 
 def _csv_text(path: StrPath) -> io.TextIOWrapper:
@@ -251,17 +293,43 @@ def _csv_header(text: io.TextIOWrapper) -> tuple[int, str, list[str]]:
         if line.strip():
             break
     else:
-        raise FileRefused("FILE_MALFORMED", max(line_no, 1))
+        raise FileRefused("FILE_EMPTY", 1)
+    if "\x00" in line or not is_unicode(line):  # UTF-16 or -32 (NUL bytes, their BOM), Latin-1 ...
+        raise FileRefused("FILE_NOT_UTF8", line_no)
     delimiter = ";" if line.count(";") > line.count(",") else ","
     columns = [name.strip().lower() for name in next(csv.reader([line], delimiter=delimiter))]
-    if (
-        not _CSV_COLUMNS.issuperset(columns)
-        or len(set(columns)) != len(columns)
-        or not set(REQUIRED_COLUMNS).issubset(columns)
-        or not set(PERSON_COLUMNS) & set(columns)
-    ):
-        raise FileRefused("FILE_MALFORMED", line_no)
+    _check_columns(columns, line, line_no)
     return line_no, delimiter, [FIELD_NAMES.get(name, name) for name in columns]
+
+
+# separators people use by mistake, as the message names them
+_WRONG_SEPARATORS = {"\t": "tabs", "|": "verticale strepen (|)", ":": "dubbele punten (:)"}
+_COLUMN_LIST = "bsn of onderwijsnummer, " + ", ".join(REQUIRED_COLUMNS)
+
+
+def _check_columns(columns: list[str], line: str, line_no: int) -> None:
+    """Refuse a header the register cannot use, naming what to change."""
+    known = [name for name in columns if name in _CSV_COLUMNS]
+    if not known:
+        for separator, said in _WRONG_SEPARATORS.items():
+            cells = [cell.strip().lower() for cell in line.split(separator)]
+            if len(cells) > 1 and _CSV_COLUMNS.intersection(cells):
+                raise FileRefused("SEPARATOR_INVALID", line_no, separator=said)
+        raise FileRefused("HEADER_MISSING", line_no, columns=_COLUMN_LIST)
+    missing = [name for name in REQUIRED_COLUMNS if name not in columns]
+    if not set(PERSON_COLUMNS).intersection(columns):
+        missing.insert(0, "bsn of onderwijsnummer")
+    if missing:
+        raise FileRefused("COLUMNS_MISSING", line_no, columns=", ".join(missing))
+    unknown = [shown_name(name, i) for i, name in enumerate(columns, 1) if name not in _CSV_COLUMNS]
+    if unknown:
+        raise FileRefused("COLUMNS_UNKNOWN", line_no, columns=", ".join(unknown), known=_KNOWN_COLUMNS)
+    twice = sorted({name for name in columns if columns.count(name) > 1})
+    if twice:
+        raise FileRefused("COLUMNS_DUPLICATE", line_no, columns=", ".join(twice))
+
+
+_KNOWN_COLUMNS = ", ".join([*FIELD_NAMES, "actie"])
 
 
 # --- XML ----------------------------------------------------------------------------------
@@ -282,7 +350,7 @@ _RECORD_MAX_ELEMENTS = 256  # a record has about a dozen; far more is not a reco
 
 
 def _xml_records(path: StrPath) -> Iterator[BulkRecord]:
-    institution = _xml_root(path)
+    institution, _ = _xml_root(path)
     line = 0
     for record, element in enumerate(_xml_children(path), 1):
         line = max(_start_line(element), line)
@@ -395,8 +463,8 @@ def _is_utf8(head: bytes) -> bool:
     return declared is None or declared.group(1).lower() in (b"utf-8", b"utf8")
 
 
-def _xml_root(path: StrPath) -> str | None:
-    """Check the prolog and the root element; return the root's `instellingscode`."""
+def _xml_root(path: StrPath) -> tuple[str | None, int]:
+    """Check the prolog and the root element; return the root's `instellingscode` and line."""
     _refuse_doctype(path)
     parser = etree.XMLPullParser(events=("start",), **_XML_OPTIONS)
     try:
@@ -404,15 +472,80 @@ def _xml_root(path: StrPath) -> str | None:
             while chunk := f.read(_CHUNK):
                 parser.feed(chunk)
                 for _, root in parser.read_events():
+                    line = root.sourceline or 1
                     docinfo = root.getroottree().docinfo
-                    if docinfo.doctype or docinfo.internalDTD is not None or root.tag != _ROOT:
-                        raise FileRefused("FILE_MALFORMED", root.sourceline)
+                    if docinfo.doctype or docinfo.internalDTD is not None:
+                        raise FileRefused("FILE_MALFORMED", line)
+                    _check_root(root, line)
                     institution = root.get("instellingscode")
-                    return institution.strip() or None if institution else None
+                    return (institution.strip() or None if institution else None), line
             parser.close()
     except etree.XMLSyntaxError as e:
-        raise FileRefused("FILE_MALFORMED", e.lineno or 1) from None
-    raise FileRefused("FILE_MALFORMED", 1)
+        raise _syntax_refusal(e, e.lineno or 1) from None
+    raise FileRefused("XML_NOT_WELL_FORMED", 1)
+
+
+# libxml2's errors that say the bytes are not text in the (declared) encoding
+_ENCODING_ERRORS = frozenset(
+    {etree.ErrorTypes.ERR_INVALID_ENCODING, etree.ErrorTypes.ERR_UNSUPPORTED_ENCODING,
+     etree.ErrorTypes.ERR_UNKNOWN_ENCODING}
+)
+
+
+def _syntax_refusal(error: etree.XMLSyntaxError, line: int) -> FileRefused:
+    """The refusal for XML that libxml2 cannot parse: an encoding problem, or not well-formed."""
+    code = "FILE_NOT_UTF8" if error.code in _ENCODING_ERRORS else "XML_NOT_WELL_FORMED"
+    return FileRefused(code, line)
+
+
+_XSD = Path(__file__).resolve().parents[2] / "schemas" / "xml" / "aanlevering.xsd"
+
+
+@cache
+def _schema() -> etree.XMLSchema:
+    return etree.XMLSchema(etree.parse(str(_XSD)))
+
+
+_XSD_PLACE = re.compile(r"Element '([^']*)'(?:, attribute '([^']*)')?")
+_XSD_REQUIRED = re.compile(r"attribute '([^']*)' is required")
+_XSD_DETAILS = {  # libxml2's error type -> what the message says
+    "SCHEMAV_CVC_ELT_1": "verwacht het hoofdelement <aanlevering>, zonder namespace",
+    "SCHEMAV_CVC_COMPLEX_TYPE_4": "dit verplichte attribuut ontbreekt",
+    "SCHEMAV_CVC_COMPLEX_TYPE_3_2_1": "dit attribuut is niet toegestaan",
+    "SCHEMAV_CVC_COMPLEX_TYPE_3_2_2": "dit attribuut is niet toegestaan",
+}
+
+
+def _check_root(root: etree._Element, line: int) -> None:
+    """Refuse a root element that does not match aanlevering.xsd (its tag and attributes).
+
+    Only the root is held against the schema here: each `<resultaat>` is checked as a record,
+    so one that breaks the schema costs that record only.
+    """
+    start_tag = [root.tag, *root.keys(), *root.values()]
+    if any("\ufffd" in text for text in start_tag):  # _XmlBytes marks bytes that are not UTF-8
+        raise FileRefused("FILE_NOT_UTF8", line)
+    skeleton = etree.Element(root.tag, attrib=dict(root.attrib))  # the start tag, no children
+    schema = _schema()
+    if schema.validate(skeleton):
+        return
+    error = schema.error_log[0]
+    place = _XSD_PLACE.match(error.message)
+    required = _XSD_REQUIRED.search(error.message)
+    attribute = required.group(1) if required else place.group(2) if place else None
+    where = f"<{_xml_name(etree.QName(root).localname)}>"
+    if attribute is not None:
+        where = f"attribuut {_xml_name(attribute)} van {where}"
+    detail = _XSD_DETAILS.get(error.type_name, "deze waarde is ongeldig")
+    raise FileRefused("XML_SCHEMA_INVALID", line, element=where, detail=detail)
+
+
+_SAFE_XML_NAME = re.compile(r"[A-Za-z_][A-Za-z_.-]{0,39}")
+
+
+def _xml_name(name: str) -> str:
+    """An element or attribute name as a message may show it (no digits: see `shown_name`)."""
+    return name if _SAFE_XML_NAME.fullmatch(name) else "…"
 
 
 def _xml_children(path: StrPath) -> Iterator[etree._Element]:
@@ -459,7 +592,7 @@ def _xml_children(path: StrPath) -> Iterator[etree._Element]:
                     raise FileRefused("FILE_MALFORMED", _start_line(root[-1]))
     except etree.XMLSyntaxError as e:
         # Some errors (an undeclared entity) stop the parser without a position.
-        raise FileRefused("FILE_MALFORMED", e.lineno or _last_line(root)) from None
+        raise _syntax_refusal(e, e.lineno or _last_line(root)) from None
 
 
 def _last_line(root: etree._Element | None) -> int:

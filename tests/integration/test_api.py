@@ -293,12 +293,13 @@ def test_files_refused_as_a_whole_write_nothing(api: RunningApi, tmp_path: Path)
     write_csv(mbo, [sample_row(1, instellingscode="40MB", vestigingscode="40MB01", sector="MBO",
                                opleidingscode="25655")])
     with api.client() as ours, api.client("40MB") as college:
-        broken = ours.post("/v1/batches", content=b'<?xml version="1.0"?><aanlevering><resultaat>',
+        broken = ours.post("/v1/batches", content=b'<?xml version="1.0"?><aanlevering instellingscode="25BE">'
+                           b"<resultaat>",
                            headers={"content-type": "application/xml"})
         wrong_type = ours.post("/v1/batches", content=b"{}", headers={"content-type": "application/json"})
         csv_from_mbo = college.post("/v1/batches", content=mbo.read_bytes(),
                                     headers={"content-type": "text/csv"})
-    assert broken.status_code == 422 and errors(broken)[0][1] == "FILE_MALFORMED"
+    assert broken.status_code == 422 and errors(broken)[0][1] == "XML_NOT_WELL_FORMED"
     assert "line" in broken.json()["errors"][0]
     assert wrong_type.status_code == 415
     assert errors(wrong_type) == [("content-type", "CONTENT_TYPE_UNSUPPORTED")]

@@ -33,12 +33,13 @@ def records(path: Path, fmt: str) -> list[BulkRecord]:
     return list(read_records(path, fmt))
 
 
-def refused(path: Path, fmt: str) -> FileRefused:
+def refused(path: Path, fmt: str, code: str = "FILE_MALFORMED") -> FileRefused:
     with pytest.raises(FileRefused) as info:
         check_file(path, fmt)
-    assert info.value.code == "FILE_MALFORMED"
+    assert info.value.code == code
     assert info.value.problem.field == "file"
-    assert info.value.problem.code == "FILE_MALFORMED"
+    assert info.value.problem.code == code
+    assert "{" not in info.value.problem.message  # every parameter filled in
     return info.value
 
 
@@ -161,26 +162,79 @@ def test_csv_wrong_column_count_is_one_malformed_record(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "header",
+    ("header", "code", "named"),
     [
-        "bsn,instellingscode,vestigingscode,sector,opleidingscode,diplomavolgnummer",  # no date
-        "instellingscode,vestigingscode,sector,opleidingscode,diplomavolgnummer,diplomadatum",
-        HEADER + ",geboortedatum",  # unknown column
-        HEADER + ",",  # an empty column name
-        HEADER + ",BSN",  # twice
+        ("bsn,instellingscode,vestigingscode,sector,opleidingscode,diplomavolgnummer",
+         "COLUMNS_MISSING", ": diplomadatum."),
+        ("instellingscode,vestigingscode,sector,Opleidingscode,diplomavolgnummer",
+         "COLUMNS_MISSING", ": bsn of onderwijsnummer, diplomadatum."),
+        (HEADER + ",geboortedatum", "COLUMNS_UNKNOWN", ": geboortedatum. Bekende kolommen zijn: bsn, "),
+        (HEADER + ",", "COLUMNS_UNKNOWN", ": kolom 8. "),  # an empty column name: its position
+        (HEADER + ",BSN, Sector ", "COLUMNS_DUPLICATE", ": bsn, sector."),
+        (HEADER.replace(",", "\t"), "SEPARATOR_INVALID",
+         " door tabs; gebruik een komma (,) of een puntkomma (;)"),
+        (HEADER.replace(",", "|"), "SEPARATOR_INVALID", " door verticale strepen (|); "),
+        ("naam,adres,woonplaats", "HEADER_MISSING", ": bsn of onderwijsnummer, instellingscode, "),
     ],
-    ids=["missing-required", "no-person-column", "unknown", "empty-name", "duplicate"],
+    ids=["missing-required", "no-person-column", "unknown", "empty-name", "duplicate", "tab", "bar",
+         "not-a-header"],
 )
-def test_csv_bad_header_refuses_the_file(tmp_path: Path, header: str) -> None:
+def test_csv_bad_header_refuses_the_file_naming_what_to_fix(
+    tmp_path: Path, header: str, code: str, named: str
+) -> None:
     path = write_bytes(tmp_path, "r.csv", f"\n\n{header}\n111222333,25BE\n")
-    error = refused(path, "csv")
+    error = refused(path, "csv", code)
     assert error.line == 3
+    assert "(regel 3)" in error.problem.message or error.problem.message.startswith("Regel 3 ")
+    assert named in error.problem.message
     with pytest.raises(FileRefused):
         next(read_records(path, "csv"))
 
 
-def test_csv_empty_file_is_refused(tmp_path: Path) -> None:
-    assert refused(write_bytes(tmp_path, "r.csv", ""), "csv").line == 1
+def test_csv_separated_by_semicolons_is_a_good_file(tmp_path: Path) -> None:
+    row = "111222333;25BE;25BE01;HO;56551;A-1;2024-07-01"
+    (rec,) = records(write_bytes(tmp_path, "r.csv", HEADER.replace(",", ";") + "\n" + row + "\n"), "csv")
+    assert rec.problems == () and rec.fields["diploma_number"] == "A-1"
+
+
+@pytest.mark.parametrize(
+    "first_line",
+    ["111222333,25BE,25BE01,HO,56551,A-1,2024-07-01", "x111222333,x123456782", "bsn,x111222333,12345672"],
+    ids=["data-row", "person-numbers-in-names", "beside-a-known-column"],
+)
+def test_header_messages_never_repeat_a_person_number(tmp_path: Path, first_line: str) -> None:
+    path = write_bytes(tmp_path, "r.csv", first_line + "\n111222333,25BE,25BE01,HO,56551,A-1,2024-07-01\n")
+    with pytest.raises(FileRefused) as info:
+        check_file(path, "csv")
+    shown = info.value.problem.message + str(info.value) + repr(info.value)
+    for number in ("111222333", "123456782", "12345672"):
+        assert number not in shown
+    if info.value.code == "COLUMNS_UNKNOWN":
+        assert ": kolom 2, kolom 3." in info.value.problem.message
+
+
+@pytest.mark.parametrize("data", ["", "\n  \r\n\n"], ids=["no-bytes", "blank-lines"])
+def test_csv_empty_file_is_refused(tmp_path: Path, data: str) -> None:
+    error = refused(write_bytes(tmp_path, "r.csv", data), "csv", "FILE_EMPTY")
+    assert error.line == 1
+    assert error.problem.message == "Het bestand is leeg: er staat niets in, ook geen kopregel."
+
+
+@pytest.mark.parametrize(
+    "rest", ["", "\n\n", ",,,,,,\n  \n, ,\n"], ids=["header-only", "blank-lines", "separators"]
+)
+def test_csv_header_without_records_is_refused(tmp_path: Path, rest: str) -> None:
+    error = refused(write_bytes(tmp_path, "r.csv", "\n" + HEADER + "\n" + rest), "csv", "FILE_NO_RECORDS")
+    assert error.line == 2
+    assert "na regel 2 (de kopregel" in error.problem.message
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32"])
+def test_csv_in_utf16_or_utf32_is_refused_as_not_utf8(tmp_path: Path, encoding: str) -> None:
+    data = (HEADER + "\n111222333,25BE,25BE01,HO,56551,A-1,2024-07-01\n").encode(encoding)
+    error = refused(write_bytes(tmp_path, "r.csv", data), "csv", "FILE_NOT_UTF8")
+    assert error.line == 1
+    assert "sla het op in de codering UTF-8" in error.problem.message
 
 
 def test_csv_invalid_utf8_costs_its_record_only(tmp_path: Path) -> None:
@@ -197,7 +251,7 @@ def test_csv_invalid_utf8_costs_its_record_only(tmp_path: Path) -> None:
 
 def test_csv_header_that_is_not_utf8_refuses_the_file(tmp_path: Path) -> None:
     data = HEADER.encode().replace(b"bsn", b"bs\xff") + b"\n111222333,25BE,25BE01,HO,56551,A-1,2024-07-01\n"
-    assert refused(write_bytes(tmp_path, "r.csv", data), "csv").line == 1
+    assert refused(write_bytes(tmp_path, "r.csv", b"\n" + data), "csv", "FILE_NOT_UTF8").line == 2
 
 
 def test_csv_field_over_the_csv_module_limit_refuses_the_file(tmp_path: Path) -> None:
@@ -282,9 +336,9 @@ def records_fields(row: dict[str, str | None]) -> dict[str, str | None]:
     return fields
 
 
-def test_xml_compact_layout_empty_elements_and_no_root_institution(tmp_path: Path) -> None:
+def test_xml_compact_layout_and_empty_elements(tmp_path: Path) -> None:
     xml = (
-        "<aanlevering>"
+        '<aanlevering instellingscode="25BE">'
         "<resultaat><bsn> 111222333 </bsn><instellingscode/><sector></sector></resultaat>\n"
         "\n"
         '<resultaat actie="verwijderen"><bsn>123456782</bsn><reden>FRAUD</reden></resultaat>'
@@ -292,10 +346,10 @@ def test_xml_compact_layout_empty_elements_and_no_root_institution(tmp_path: Pat
     )
     path = write_bytes(tmp_path, "r.xml", xml)
 
-    assert check_file(path, "xml") is None
+    assert check_file(path, "xml") == "25BE"
     first, second = read_records(path, "xml")
 
-    assert (first.line, first.fields["bsn"], first.fields["institution"]) == (1, "111222333", None)
+    assert (first.line, first.fields["bsn"], first.fields["institution"]) == (1, "111222333", "25BE")
     assert first.fields["sector"] is None
     assert (second.line, second.action, second.fields["reason"]) == (3, "delete", "FRAUD")
 
@@ -337,22 +391,78 @@ def test_xml_not_well_formed_refuses_the_file_with_its_line(tmp_path: Path) -> N
     lines[broken] = lines[broken].replace("</sector>", "</sectr>")
     path.write_text("".join(lines))
 
-    assert refused(path, "xml").line == broken + 1
+    error = refused(path, "xml", "XML_NOT_WELL_FORMED")
+    assert error.line == broken + 1
+    assert error.problem.message == (
+        f"Het XML-bestand is niet goed gevormd (regel {broken + 1}); "
+        "controleer de tags op en vlak voor die regel.")
+
+
+ROOT = '<aanlevering instellingscode="25BE">'
 
 
 @pytest.mark.parametrize(
-    ("xml", "line"),
+    ("xml", "code", "line"),
     [
-        ("", 1),
-        ('<?xml version="1.0"?>\n\n<levering instellingscode="25BE"/>', 3),
-        ('<aanlevering xmlns="urn:x" instellingscode="25BE"><resultaat/></aanlevering>', 1),
-        ("<aanlevering>\n<resultaat>\n", 3),
-        ("<aanlevering>\n<resultaat><bsn>&onbekend;</bsn></resultaat></aanlevering>", 2),
+        ("", "FILE_EMPTY", 1),
+        (" \r\n\n ", "FILE_EMPTY", 1),
+        ('<?xml version="1.0"?>\n\n' + ROOT + "\n\n</aanlevering>", "FILE_NO_RECORDS", 3),
+        (ROOT.replace(">", "/>"), "FILE_NO_RECORDS", 1),
+        (ROOT + "\n<resultaat>\n", "XML_NOT_WELL_FORMED", 3),
+        (ROOT + "\n<resultaat><bsn>&onbekend;</bsn></resultaat></aanlevering>", "XML_NOT_WELL_FORMED", 2),
+        ("bsn,instellingscode\n", "XML_NOT_WELL_FORMED", 1),  # a CSV sent as XML
+        (ROOT + "<resultaat/></aanlevering>\n<resultaat/>", "XML_NOT_WELL_FORMED", 2),
+        ('<?xml version="1.0" encoding="X-ONBEKEND"?>\n' + ROOT + "<resultaat/></aanlevering>",
+         "FILE_NOT_UTF8", 1),
     ],
-    ids=["empty", "wrong-root", "namespace", "unclosed", "undeclared-entity"],
+    ids=["empty", "blank", "no-records", "empty-root", "unclosed", "undeclared-entity", "not-xml",
+         "after-the-root", "unknown-encoding"],
 )
-def test_xml_unreadable_files_are_refused(tmp_path: Path, xml: str, line: int) -> None:
-    assert refused(write_bytes(tmp_path, "r.xml", xml), "xml").line == line
+def test_xml_unreadable_files_are_refused(tmp_path: Path, xml: str, code: str, line: int) -> None:
+    error = refused(write_bytes(tmp_path, "r.xml", xml), "xml", code)
+    assert error.line == line
+
+
+@pytest.mark.parametrize(
+    ("xml", "element", "detail"),
+    [
+        ('<?xml version="1.0"?>\n\n<levering instellingscode="25BE"/>',
+         "<levering> op regel 3", "verwacht het hoofdelement <aanlevering>, zonder namespace"),
+        ('\n<aanlevering xmlns="urn:x" instellingscode="25BE"><resultaat/></aanlevering>',
+         "<aanlevering> op regel 2", "verwacht het hoofdelement <aanlevering>, zonder namespace"),
+        ("<aanlevering>\n<resultaat/></aanlevering>",
+         "attribuut instellingscode van <aanlevering> op regel 1", "dit verplichte attribuut ontbreekt"),
+        ('<aanlevering\n instellingscode="25be"><resultaat/></aanlevering>',  # where the start tag ends
+         "attribuut instellingscode van <aanlevering> op regel 2", "deze waarde is ongeldig"),
+        ('<aanlevering instellingscode="25BE" bsn="111222333"><resultaat/></aanlevering>',
+         "attribuut bsn van <aanlevering> op regel 1", "dit attribuut is niet toegestaan"),
+        ('<aanlevering instellingscode="25BE" x123456782="1"><resultaat/></aanlevering>',
+         "attribuut … van <aanlevering> op regel 1", "dit attribuut is niet toegestaan"),
+    ],
+    ids=["wrong-root", "namespace", "no-instellingscode", "bad-instellingscode", "unknown-attribute",
+         "attribute-with-digits"],
+)
+def test_xml_root_that_does_not_match_the_xsd_is_refused_naming_element_and_line(
+    tmp_path: Path, xml: str, element: str, detail: str
+) -> None:
+    error = refused(write_bytes(tmp_path, "r.xml", xml), "xml", "XML_SCHEMA_INVALID")
+    assert error.problem.message == (
+        f"Het XML-bestand past niet bij het schema aanlevering.xsd: {element}: {detail}.")
+    assert "111222333" not in error.problem.message and "123456782" not in error.problem.message
+    assert not etree.XMLSchema(etree.parse(str(XSD))).validate(etree.fromstring(xml.strip().encode()))
+
+
+def test_xml_root_tag_that_is_not_utf8_refuses_the_file(tmp_path: Path) -> None:
+    xml = b'\n<aanlevering instellingscode="25\xffBE">\n<resultaat/></aanlevering>'
+    assert refused(write_bytes(tmp_path, "r.xml", xml), "xml", "FILE_NOT_UTF8").line == 2
+
+
+def test_xml_in_utf16_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "r.xml"
+    write_xml(path, sample_rows(2), "25BE")
+    text = path.read_text(encoding="utf-8").replace('encoding="UTF-8"', 'encoding="UTF-16"')
+    path.write_bytes(text.encode("utf-16"))
+    assert [(r.line, r.problems) for r in records(path, "xml")] == [(3, ()), (13, ())]
 
 
 def test_xml_invalid_utf8_costs_its_record_only(tmp_path: Path) -> None:
@@ -376,7 +486,7 @@ def test_xml_reference_to_a_surrogate_costs_its_record_only(tmp_path: Path, refe
 
 
 def test_xml_record_with_absurd_structure_refuses_the_file(tmp_path: Path) -> None:
-    xml = "<aanlevering>\n<resultaat>" + "<x/>" * 100_000 + "</resultaat></aanlevering>"
+    xml = ROOT + "\n<resultaat>" + "<x/>" * 100_000 + "</resultaat></aanlevering>"
     assert refused(write_bytes(tmp_path, "r.xml", xml), "xml").line == 2
 
 
@@ -433,7 +543,9 @@ def test_xml_dtds_are_refused_without_expanding_anything(
     tracemalloc.start()
     started = time.perf_counter()
     try:
-        error = refused(path, "xml")
+        with pytest.raises(FileRefused) as info:
+            check_file(path, "xml")
+        error = info.value
         with pytest.raises(FileRefused):
             list(read_records(path, "xml"))
     finally:
@@ -443,7 +555,9 @@ def test_xml_dtds_are_refused_without_expanding_anything(
     assert time.perf_counter() - started < 1.0
     assert peak < 5_000_000
     if byte_scan:
-        assert error.line == line
+        assert (error.code, error.line) == ("FILE_MALFORMED", line)
+    else:  # libxml2 refuses the declaration, or the entity it would not expand
+        assert error.code in ("FILE_MALFORMED", "XML_NOT_WELL_FORMED")
     assert error.__cause__ is None and (error.__context__ is None or error.__suppress_context__)
     for text in (str(error), repr(error), error.problem.message):
         assert secret not in text and "root:" not in text
@@ -524,9 +638,9 @@ def test_reprs_carry_no_field_values(tmp_path: Path, fmt: str) -> None:
 
 
 def test_file_refused_shows_code_and_line_only() -> None:
-    error = FileRefused("FILE_MALFORMED", 7)
-    assert (str(error), error.code, error.line) == ("FILE_MALFORMED line 7", "FILE_MALFORMED", 7)
-    assert str(FileRefused("FILE_MALFORMED")) == "FILE_MALFORMED"
+    error = FileRefused("COLUMNS_MISSING", 7, columns="diplomadatum")
+    assert (str(error), error.code, error.line) == ("COLUMNS_MISSING line 7", "COLUMNS_MISSING", 7)
+    assert error.problem.message == "In de kopregel (regel 7) ontbreken verplichte kolommen: diplomadatum."
     copy = pickle.loads(pickle.dumps(error))
     assert (copy.code, copy.line, copy.problem) == (error.code, error.line, error.problem)
 

@@ -1,0 +1,33 @@
+"""The one table of codes: every message's parameters are documented and always filled in."""
+
+from __future__ import annotations
+
+import re
+import string
+
+import pytest
+
+from services.kernel.codes import CODES, problem
+
+
+def placeholders(message: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(message) if name}
+
+
+@pytest.mark.parametrize("code", sorted(CODES))
+def test_a_message_names_its_parameters_in_the_doc_line(code: str) -> None:
+    dutch, english = CODES[code]
+    names = placeholders(dutch)
+    documented = re.search(r"Parameters?: ([a-z, ]+)\.$", english)
+    assert set(documented.group(1).split(", ") if documented else ()) == names
+
+
+def test_parameters_fill_the_message_and_extra_ones_are_left_out() -> None:
+    refused = problem("COLUMNS_MISSING", "file", line=3, columns="diplomadatum", element="x")
+    assert refused.as_dict() == {
+        "field": "file", "code": "COLUMNS_MISSING",
+        "message": "In de kopregel (regel 3) ontbreken verplichte kolommen: diplomadatum.",
+    }
+    assert problem("FILE_EMPTY", "file", line=1).message == CODES["FILE_EMPTY"][0]
+    with pytest.raises(KeyError):
+        problem("COLUMNS_MISSING", "file", line=3)  # a parameter forgotten is a programming error
