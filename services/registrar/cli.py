@@ -68,11 +68,15 @@ def institution_add(ctx: click.Context, code: str, name: str, sectors: str, unfu
 @click.option(
     "--feedback",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Also write the feedback of every record to this CSV file.",
+    help="Also write the feedback of every record to this CSV file (none for a refused file).",
 )
 @click.pass_context
 def import_file(ctx: click.Context, file: Path, institution_code: str, feedback: Path | None) -> None:
-    """Import a bulk CSV or XML file. Exit 0: all accepted, 1: some rejected, 2: file refused."""
+    """Import a bulk CSV or XML file. Exit 0: all accepted, 1: some rejected, 2: file refused.
+
+    The feedback goes to stdout: a line per rejected record, then the summary; for a file
+    refused as a whole, the one line that says why. A refused file leaves no --feedback file.
+    """
     registrar = open_registrar(_settings(ctx))
     out = feedback.open("w", newline="") if feedback else None
     writer = csv_cells.writer(out) if out else None
@@ -91,8 +95,11 @@ def import_file(ctx: click.Context, file: Path, institution_code: str, feedback:
     try:
         summary = registrar.import_file(file, institution_code, on_record=show)
     except FileRefused as refused:
+        if out and feedback:  # no record was read: no feedback file, none left from an earlier run
+            out.close()
+            feedback.unlink(missing_ok=True)
         where = f" at line {refused.line}" if refused.line else ""
-        click.echo(f"file refused: {refused.problem.code}{where}: {refused.problem.message}", err=True)
+        click.echo(f"file refused: {refused.problem.code}{where}: {refused.problem.message}")
         sys.exit(2)
     finally:
         if out:

@@ -7,9 +7,6 @@ beside the other services' threads."""
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -20,11 +17,11 @@ import httpx
 import psutil
 import pytest
 
-from services.kernel.broker import free_port
 from services.kernel.settings import Settings
 from tests.fixtures.bulkfiles import sample_rows, write_csv
+from tests.integration.api_process import api_process
 from tests.integration.apiserver import CATALOGUE
-from tests.support import LOG_SINK, run_rod, settings_env
+from tests.support import run_rod, settings_env
 
 RECORDS = 200_000
 RSS_LIMIT = 300 * 1024 * 1024
@@ -59,55 +56,37 @@ def test_a_50_mb_upload_completes_with_flat_memory_and_its_feedback_fetches_agai
     token = run_rod("institution", "add", "25BE", "--name", "Universiteit Test", "--sectors", "HO",
                     env=env, check=True).stdout.strip().splitlines()[-1]
 
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "services.app:app_from_env",
-         "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
     peak = [0]
     done = threading.Event()
 
-    def sample_rss() -> None:
-        process = psutil.Process(proc.pid)
+    def sample_rss(pid: int) -> None:
+        process = psutil.Process(pid)
         while not done.wait(0.1):
             peak[0] = max(peak[0], process.memory_info().rss)
 
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None and time.monotonic() < deadline, "the API did not serve /healthz"
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        sampler = threading.Thread(target=sample_rss, daemon=True)
+    with api_process(env) as (proc, url):
+        sampler = threading.Thread(target=sample_rss, args=(proc.pid,), daemon=True)
         sampler.start()
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "text/csv"}
-        with httpx.Client(base_url=url, headers=headers, timeout=300) as client:
-            started = time.monotonic()
-            uploaded = client.post("/v1/batches", content=chunks(file))
-            upload_seconds = time.monotonic() - started
-            assert uploaded.status_code == 201, uploaded.text
-            assert uploaded.json()["summary"] == {
-                "accepted": RECORDS, "duplicate": 0, "rejected": 0, "warnings": 0}
-            batch_id = uploaded.json()["batch_id"]
-            feedback = client.get(f"/v1/batches/{batch_id}/feedback")
-            as_csv = client.get(f"/v1/batches/{batch_id}/feedback", params={"format": "csv"})
-        done.set()
-        sampler.join()
-        records = feedback.json()["records"]
-        assert len(records) == RECORDS
-        assert records[-1]["record"] == RECORDS and records[-1]["line"] == RECORDS + 1
-        assert all(r["outcome"] == "accepted" for r in records)
-        assert as_csv.text.count("\n") == RECORDS + 1
-        assert peak[0] < RSS_LIMIT, f"server RSS peaked at {peak[0] / 2**20:.0f} MiB"
-        print(f"upload of {file.stat().st_size / 1e6:.0f} MB: {upload_seconds:.1f} s, "
-              f"server RSS peak {peak[0] / 2**20:.0f} MiB")
-    finally:
-        done.set()
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-        LOG_SINK.write(out + err)
-    assert proc.returncode == 0, err[-2000:]
+        try:
+            with httpx.Client(base_url=url, headers=headers, timeout=300) as client:
+                started = time.monotonic()
+                uploaded = client.post("/v1/batches", content=chunks(file))
+                upload_seconds = time.monotonic() - started
+                assert uploaded.status_code == 201, uploaded.text
+                assert uploaded.json()["summary"] == {
+                    "accepted": RECORDS, "duplicate": 0, "rejected": 0, "warnings": 0}
+                batch_id = uploaded.json()["batch_id"]
+                feedback = client.get(f"/v1/batches/{batch_id}/feedback")
+                as_csv = client.get(f"/v1/batches/{batch_id}/feedback", params={"format": "csv"})
+        finally:
+            done.set()
+            sampler.join()
+    records = feedback.json()["records"]
+    assert len(records) == RECORDS
+    assert records[-1]["record"] == RECORDS and records[-1]["line"] == RECORDS + 1
+    assert all(r["outcome"] == "accepted" for r in records)
+    assert as_csv.text.count("\n") == RECORDS + 1
+    assert peak[0] < RSS_LIMIT, f"server RSS peaked at {peak[0] / 2**20:.0f} MiB"
+    print(f"upload of {file.stat().st_size / 1e6:.0f} MB: {upload_seconds:.1f} s, "
+          f"server RSS peak {peak[0] / 2**20:.0f} MiB")
