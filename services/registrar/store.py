@@ -37,6 +37,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -45,7 +46,10 @@ from services.kernel.codec import Codec
 from services.kernel.database import ROW_ID, create_tables, make_engine, writing
 from services.kernel.deadletters import deadletter_table
 from services.kernel.identifiers import event_id_for  # noqa: F401 - the registrar's ids, used from here
+from services.kernel.logging import get_logger
 from services.kernel.tokens import mark_tables
+
+log = get_logger("registrar.store")
 
 metadata = MetaData()
 
@@ -315,6 +319,38 @@ class EventStore:
         self.codec = codec or Codec()
         create_tables(metadata, self.engine)
         self._seed_singletons()
+        self._index_diplomas()
+
+    def _index_diplomas(self) -> None:
+        """Fill registrar_diplomas from the events once, for a database made before that table
+        (results, but no diploma rows); rows another process put there first are left alone."""
+        with self.engine.connect() as conn:
+            if conn.execute(select(diplomas.c.result_id).limit(1)).first() is not None:
+                return
+            if conn.execute(select(results.c.result_id).limit(1)).first() is None:
+                return
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        after, indexed = 0, 0
+        while True:
+            with self.engine.connect() as conn:
+                page = conn.execute(select(events.c.position, events.c.payload)
+                                    .where(events.c.position > after, events.c.version == 1)
+                                    .order_by(events.c.position).limit(5000)).all()
+            rows = []
+            for row in page:
+                name, record = self.codec.decode(row.payload)
+                if name == "ResultRegistered":
+                    rows.append({"result_id": record["result_id"], "institution": record["institution"],
+                                 "diploma_number": record["diploma_number"]})
+            if rows:
+                with writing(self.engine) as conn:
+                    conn.execute(dialect.insert(diplomas).on_conflict_do_nothing(index_elements=["result_id"]),
+                                 rows)
+                indexed += len(rows)
+            if len(page) < 5000:
+                break
+            after = page[-1].position
+        log.info("diploma_numbers_indexed", results=indexed)
 
     def _seed_singletons(self) -> None:
         for table, row in (

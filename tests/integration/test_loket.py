@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import delete as sql_delete
 
 from services.distributor.feed import FeedStore
 from services.distributor.ledger import Ledger
@@ -24,10 +25,13 @@ from services.kernel.settings import Settings
 from services.kernel.tokens import hash_token
 from services.operations.identity import add_operator
 from services.operations.store import OperationsStore
+from services.registrar.catalogue import Catalogue
+from services.registrar.commands import Registrar
 from services.registrar.impact import DELIVERIES_TOPIC, EXTRACTS_TOPIC, ImpactReader
+from services.registrar.store import EventStore, diplomas
 from services.registrar.tokens import institution_tokens, rotate_token
 from tests.fixtures.bulkfiles import sample_row, write_csv
-from tests.integration.apiserver import RunningApi, registration, running_api
+from tests.integration.apiserver import CATALOGUE, RunningApi, registration, running_api
 from tests.integration.test_audit_http import reported  # noqa: F401 - the scripted year's reports, served
 from tests.support import LOG_SINK
 
@@ -516,3 +520,23 @@ def test_the_reports_page_lists_each_period_with_its_dates_and_serves_the_files(
         assert client.get("/loket/rapportages/2025-05.exe").status_code == 404
         english = client.get("/loket/rapportages?lang=en")
         assert "1 November 2024" in english.text and "30 April 2025" in english.text
+
+
+def test_a_database_made_before_the_diploma_index_is_indexed_when_the_store_opens(db_url: str) -> None:
+    """Results registered before registrar_diplomas existed are found by diploma number too."""
+    store = EventStore(db_url)
+    registrar = Registrar(store, Catalogue.load(CATALOGUE))
+    registrar.add_institution("25BE", "Instelling 25BE", ["HO"])
+    raw = {"bsn": "111222333", "institution": "25BE", "branch": "25BE01", "sector": "HO",
+           "programme_code": "56551", "diploma_date": "2026-07-01"}
+    ids = [registrar.register({**raw, "diploma_number": f"OLD-{i}"}, "25BE").result_id for i in range(3)]
+    with store.engine.begin() as conn:
+        conn.execute(sql_delete(diplomas))  # as a database from before the table
+    assert store.results_page("25BE") == []
+    store.dispose()
+    reopened = EventStore(db_url)
+    try:
+        assert [r.result_id for r in reopened.results_page("25BE")] == ids[::-1]
+        assert [r.result_id for r in reopened.results_page("25BE", diploma_number="OLD-1")] == [ids[1]]
+    finally:
+        reopened.dispose()
