@@ -1,7 +1,13 @@
-"""The `rod` console script: one group, each service contributes its commands."""
+"""The `rod` console script: one group, each service contributes its commands.
+
+A command prints its result on stdout and logs on stderr only at warning and above, unless
+`rod -v <command>`; the commands that run the system (`rod up`, `rod distribute`) are servers
+and keep their info log.
+"""
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 
@@ -36,10 +42,12 @@ class _Rod(click.Group):
 @click.group(cls=_Rod)
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="Where the embedded default keeps its files (default: ROD_DATA_DIR or ./var).")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Also log what the command does (info lines on stderr); by default only warnings.")
 @click.pass_context
-def main(ctx: click.Context, data_dir: str | None) -> None:
+def main(ctx: click.Context, data_dir: str | None, verbose: bool) -> None:
     """rodchain: the education result register as an event-sourced chain."""
-    rod_logging.configure()
+    rod_logging.configure(level=logging.INFO if verbose else logging.WARNING)
     settings = Settings.from_env(data_dir=data_dir)
     private_data_dir(settings.data_dir)
     ctx.obj = {"settings": settings}
@@ -84,6 +92,7 @@ def up(ctx: click.Context, port: int, data_dir: str | None, wanted: tuple[str, .
     from services.registrar.relay import Relay
     from services.registrar.store import EventStore
 
+    rod_logging.configure(level=logging.INFO)  # a server: its log tells what it does
     settings = ctx.obj["settings"]
     if data_dir:
         settings = Settings.from_env(data_dir=data_dir)

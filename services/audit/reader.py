@@ -184,6 +184,7 @@ class AuditReader(Consumption):
 
     def catch_up(self, timeout: float = 600.0) -> int:
         """Read every partition from the stored offsets to its end, without joining the group."""
+        self.loop.rebuilt_is_routine = True  # the seek on assignment is this loop's
         loop = ConsumeLoop(self, self.settings, self.bootstrap, group=False, batch=self.loop.batch)
         consumer = loop.connect()
         try:

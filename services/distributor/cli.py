@@ -4,6 +4,7 @@ consumer add|ack (the HTTP feed)."""
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import threading
 import time
@@ -18,6 +19,7 @@ from services.distributor.ledger import Ledger
 from services.distributor.loop import Distributor
 from services.distributor.subscriptions import Subscription, SubscriptionError, load
 from services.kernel import kafka
+from services.kernel import logging as rod_logging
 from services.kernel.broker import BrokerUnavailable, resolve_bootstrap
 from services.kernel.codec import Codec, DecodeError
 from services.kernel.identifiers import mask_person_number
@@ -66,6 +68,7 @@ def _ledger(settings: Settings, subs: dict[str, Subscription]) -> Ledger:
 @click.pass_context
 def distribute(ctx: click.Context, solo: bool, until_idle: float | None) -> None:
     """Run the distributor in the foreground: rod.results.v1 to every subscription's feed."""
+    rod_logging.configure(level=logging.INFO)  # a server: its log tells what it does
     settings = _settings(ctx)
     distributor = Distributor(
         settings, _bootstrap(settings), subscriptions=list(_subscriptions().values()), group=not solo

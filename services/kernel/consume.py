@@ -127,6 +127,9 @@ class ConsumeLoop:
         self.base = {settings.topic(t): t for t in service.expected}
         self.uncommitted: dict[Position, int] = {}
         self.commit_timeout_ms = 5000
+        # a one-off catch-up (`rod report`) reads a log the embedded broker rebuilt as a matter of
+        # course: logged as info, not as the running service's warning
+        self.rebuilt_is_routine = False
 
     # one step, each part a function of its own
 
@@ -205,8 +208,9 @@ class ConsumeLoop:
                 before.update({TopicPartition(topic, p): digest(r.value) for p, r in found.items()})
         for tp, (offset, last) in wanted.items():
             if offset and before.get(tp) != last:
-                log.warning("log_rebuilt", service=self.service.name, topic=tp.topic, partition=tp.partition,
-                            offset=offset)
+                (log.info if self.rebuilt_is_routine else log.warning)(
+                    "log_rebuilt", service=self.service.name, topic=tp.topic, partition=tp.partition,
+                    offset=offset)
                 offset = 0
             consumer.seek(tp, offset)
 

@@ -1,15 +1,24 @@
 """What every HTTP request passes through before and after the endpoints (pure ASGI).
 
-In order: time the request (by route template, never the raw path); turn an unexpected
-exception into a 500 with a correlation id and nothing else; authenticate requests by bearer
-token before anything reads their body; cap JSON bodies; mark the answers of `/v1/` and
-`/ops` (they carry personal data) `Cache-Control: no-store` unless the route chose its own.
+In order: give the request an id (the `X-Request-ID` answer header); time it (by route
+template, never the raw path) and log one access line when it ends; turn an unexpected
+exception into a 500 with the request id as its correlation id and nothing else;
+authenticate requests by bearer token before anything reads their body; cap JSON bodies;
+mark the answers of `/v1/` and `/ops` (they carry personal data) `Cache-Control: no-store`
+unless the route chose its own.
 
 Each kind of token has its own paths (a `Realm`, given by the service that owns the kind):
 institution tokens `/v1/` at large, consumer tokens `/v1/feeds/`, portal tokens
 `/v1/extracts`. The longest prefix wins; a realm without a lookup is public. A token of
 another kind is refused with 403, an unknown one 401; each refusal is logged and counted, and
 an address that sends too many unknown tokens gets 429 for a while (`FailedLogins`).
+
+The access line (`http_request`): method, route template, status, duration in milliseconds,
+request id, the principal known when the request ends (`institution`, `operator`, `consumer`
+or `portal`: the gate's realm puts it on `request.state`, a cookie session may put it there
+later) and, for a refusal, its outcome codes (`note_refusal`, called by the error handlers
+and by the gate's own refusals). Never a body, a query string or a token; every
+line that is logged while the request runs carries its `request_id`.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from prometheus_client import Histogram
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match
@@ -105,6 +115,8 @@ class Gate:
             return
         started = time.perf_counter()
         status = [500, False]  # status, response started
+        request_id = new_correlation_id()
+        bound = structlog.contextvars.bind_contextvars(request_id=request_id)
 
         private = scope["path"].startswith(PRIVATE_PREFIXES)
 
@@ -113,6 +125,7 @@ class Gate:
                 status[0], status[1] = message["status"], True
                 if private and not any(name.lower() == b"cache-control" for name, _ in message["headers"]):
                     message["headers"] = [*message["headers"], (b"cache-control", b"no-store")]
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
 
         try:
@@ -121,16 +134,18 @@ class Gate:
             status[0] = 499  # the client went away mid-request (nginx's code): nobody to answer
             log.info("client_disconnected", method=method_label(scope["method"]), route=_route(scope))
         except Exception as exc:
-            correlation_id = new_correlation_id()
-            log.error("request_failed", correlation_id=correlation_id, method=method_label(scope["method"]),
+            log.error("request_failed", correlation_id=request_id, method=method_label(scope["method"]),
                       route=_route(scope), error=type(exc).__name__, exc_info=True)
             if not status[1]:
                 await send_json(tracking_send, 500,
-                                error_body([problem("INTERNAL_ERROR")], correlation_id=correlation_id))
+                                error_body([problem("INTERNAL_ERROR")], correlation_id=request_id))
         finally:
-            REQUEST_SECONDS.labels(method_label(scope["method"]), _route(scope), str(status[0])).observe(
-                time.perf_counter() - started
-            )
+            seconds = time.perf_counter() - started
+            method, route = method_label(scope["method"]), _route(scope)
+            REQUEST_SECONDS.labels(method, route, str(status[0])).observe(seconds)
+            log.info("http_request", method=method, route=route, status=status[0],
+                     duration_ms=round(seconds * 1000, 1), **_known(scope.get("state") or {}))
+            structlog.contextvars.reset_contextvars(**bound)
 
     async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
@@ -143,7 +158,7 @@ class Gate:
             if path != UPLOAD_PATH and scope["method"] in ("POST", "PUT", "PATCH"):
                 body, too_large = await _read_capped(receive, self.json_limit)
                 if too_large:
-                    await send_json(send, 413, error_body([problem("BODY_TOO_LARGE")]))
+                    await _refuse(scope, send, 413, "BODY_TOO_LARGE")
                     return
                 receive = _replay(body, receive)
         await self.app(scope, receive, send)
@@ -152,15 +167,14 @@ class Gate:
         client = client_address(scope)
         wait = self.failed_logins.blocked(client, realm.state_key)
         if wait is not None:  # before the token is looked at: a correct one waits too
-            await send_json(send, 429, error_body([problem("TOO_MANY_FAILED_LOGINS")]),
-                            {"retry-after": retry_after(wait)})
+            await _refuse(scope, send, 429, "TOO_MANY_FAILED_LOGINS", {"retry-after": retry_after(wait)})
             return None
         header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
         scheme, _, token = header.partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             self.failed_logins.failed(client, realm.state_key, "missing", _route(scope))
-            await send_json(send, 401, error_body([problem("TOKEN_MISSING")]), {"www-authenticate": "Bearer"})
+            await _refuse(scope, send, 401, "TOKEN_MISSING", {"www-authenticate": "Bearer"})
             return None
         principal = None
         if len(token) <= TOKEN_MAX:
@@ -168,11 +182,11 @@ class Gate:
         if principal is None:
             if len(token) <= TOKEN_MAX and await in_thread("tokens", self._known_elsewhere, token, realm):
                 self.failed_logins.failed(client, realm.state_key, "forbidden", _route(scope))
-                await send_json(send, 403, error_body([problem("TOKEN_FORBIDDEN")]))
+                await _refuse(scope, send, 403, "TOKEN_FORBIDDEN")
             else:
                 self.failed_logins.failed(client, realm.state_key, "invalid", _route(scope))
-                await send_json(send, 401, error_body([problem("TOKEN_INVALID")]),
-                                {"www-authenticate": 'Bearer error="invalid_token"'})
+                await _refuse(scope, send, 401, "TOKEN_INVALID",
+                              {"www-authenticate": 'Bearer error="invalid_token"'})
         return principal
 
     def _known_elsewhere(self, token: str, realm: Realm) -> bool:
@@ -181,11 +195,40 @@ class Gate:
         return any(lookup(token) is not None for lookup in lookups)
 
 
+async def _refuse(
+    scope: Scope, send: Send, status: int, code: str, headers: dict[str, str] | None = None
+) -> None:
+    """The gate's own refusal: answered, and its code kept for the access line."""
+    note_refusal(scope, [code])
+    await send_json(send, status, error_body([problem(code)]), headers)
+
+
+def note_refusal(scope: Scope, codes: list[str]) -> None:
+    """Keep a refusal's outcome codes for the request's access line (error handlers call it)."""
+    scope.setdefault("state", {})["refused"] = codes
+
+
+PRINCIPALS = ("institution", "operator", "consumer", "portal")  # request.state keys, by kind
+
+
+def _known(state: dict[str, Any]) -> dict[str, Any]:
+    """The access line's principal (by its kind: code or name) and refusal codes, as far as known."""
+    known: dict[str, Any] = {}
+    for kind in PRINCIPALS:
+        principal = state.get(kind)
+        if principal is not None:
+            known[kind] = principal if isinstance(principal, str) else getattr(principal, "name", None)
+            break
+    if state.get("refused"):
+        known["codes"] = list(state["refused"])
+    return known
+
+
 _NO_DIGITS = str.maketrans("0123456789", "ghijklmnop")
 
 
 def new_correlation_id() -> str:
-    """32 random letters: no digit runs, so the log's person-number mask never touches it."""
+    """32 random letters (request and correlation ids): no digits, nothing for the log's mask to touch."""
     return uuid.uuid4().hex.translate(_NO_DIGITS)
 
 

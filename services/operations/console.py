@@ -158,6 +158,11 @@ class Console:
 
     def identify(self, request: Request) -> Operator:
         """The operator behind the request; Refused(401) without a credential, 403 for an institution's."""
+        operator = self._identify(request)
+        request.state.operator = operator.name  # the access line names who asked
+        return operator
+
+    def _identify(self, request: Request) -> Operator:
         header = request.headers.get("authorization")
         if header is not None:
             client = self.unblocked_client(request)

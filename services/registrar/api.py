@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from services.kernel import csv_cells
 from services.kernel.codec import Codec
 from services.kernel.codes import Problem, problem
-from services.kernel.gate import error_body
+from services.kernel.gate import error_body, note_refusal
 from services.kernel.text import NOT_UNICODE
 from services.registrar import metrics
 from services.registrar.api_models import (
@@ -306,24 +306,27 @@ def install_error_handlers(app: FastAPI) -> None:
     """Validation, routing and API errors all answer {"errors": [...]}."""
 
     @app.exception_handler(ApiError)
-    async def api_error(_request: Request, exc: ApiError) -> JSONResponse:
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        note_refusal(request.scope, [p.code for p in exc.problems])  # the access line names them
         body = error_body(exc.problems)
         if exc.line is not None:
             body["errors"][0]["line"] = exc.line
         return JSONResponse(body, status_code=exc.status)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [_validation_problem(e) for e in exc.errors()]
         malformed = [p for p in problems if p.code == "BODY_MALFORMED"]
+        note_refusal(request.scope, [p.code for p in malformed[:1] or problems])
         if malformed:
             return JSONResponse(error_body(malformed[:1]), status_code=400)
         return JSONResponse(error_body(problems), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "BODY_TOO_LARGE"}.get(exc.status_code)
         status = exc.status_code if code else 400
+        note_refusal(request.scope, [code or "BODY_MALFORMED"])
         return JSONResponse(error_body([problem(code or "BODY_MALFORMED")]), status_code=status,
                             headers=getattr(exc, "headers", None))
 

@@ -1,9 +1,15 @@
 """The registrar's command handlers: register, delete, import a bulk file.
 
-Every entrypoint (CLI, HTTP) calls these. Rules run first, outside the write lock; then one
-serialised transaction reads the current state, decides, appends the events and changes
-the state together. A bulk file is handled in chunks, each chunk one transaction, so the
-lock and the commit cost little per record.
+Every entrypoint (CLI, HTTP, the Loket) calls these. Rules run first, outside the write lock;
+then one serialised transaction reads the current state, decides, appends the events and
+changes the state together. A bulk file is handled in chunks, each chunk one transaction, so
+the lock and the commit cost little per record.
+
+Each single command leaves one log line once decided (`result_registered`,
+`registration_repeated`, `registration_refused`, `result_deleted`, `deletion_refused`) with
+its ids and outcome codes, never a person number; a bulk file leaves `batch_started` and
+`batch_finished` (its counts; each record's outcome is in the batch's feedback) or
+`batch_refused` (the code and line).
 """
 
 from __future__ import annotations
@@ -199,6 +205,8 @@ class Registrar:
             with self.store.appending() as tx:
                 for pending, outcome in zip(pendings, self._apply(tx, pendings, batch_id), strict=True):
                     outcomes[pending.index] = outcome
+        for outcome, (_raw, acting) in zip(outcomes, commands, strict=True):
+            _log_registration(outcome, acting, batch_id)  # type: ignore[arg-type]
         return outcomes  # type: ignore[return-value]  # every index got its outcome
 
     def delete(
@@ -210,6 +218,20 @@ class Registrar:
         batch_id: str | None = None,
     ) -> Outcome:
         """Delete a result by id; `acting_institution` None means an operator acting for all."""
+        outcome = self._delete(result_id, reason, explanation, acting_institution, batch_id)
+        if outcome.outcome == "accepted":
+            log.info("result_deleted", result_id=result_id, event_id=outcome.event_id,
+                     position=outcome.position, version=outcome.version, institution=acting_institution,
+                     reason=str(reason))
+        else:
+            log.info("deletion_refused", result_id=result_id, institution=acting_institution,
+                     codes=outcome.codes)
+        return outcome
+
+    def _delete(
+        self, result_id: str, reason: object, explanation: object, acting_institution: str | None,
+        batch_id: str | None,
+    ) -> Outcome:
         errors = check_deletion(reason, explanation)
         if errors:
             return Outcome("rejected", result_id=result_id, errors=errors)
@@ -233,6 +255,17 @@ class Registrar:
         on_record: Callable[[RecordFeedback], None] | None = None,
     ) -> BatchSummary:
         """Import a bulk file record by record; raises FileRefused when it is refused whole."""
+        try:
+            return self._import_file(path, acting_institution, content_type, on_record)
+        except FileRefused as refused:
+            log.info("batch_refused", institution=acting_institution, code=refused.problem.code,
+                     field=refused.problem.field, line=refused.line)
+            raise
+
+    def _import_file(
+        self, path: Path, acting_institution: str, content_type: str | None,
+        on_record: Callable[[RecordFeedback], None] | None,
+    ) -> BatchSummary:
         institution = self.institution(acting_institution)
         if institution is None:
             raise FileRefused(problem("INSTITUTION_UNKNOWN", "institution"))
@@ -256,6 +289,7 @@ class Registrar:
         log.info(
             "batch_finished",
             batch_id=summary.batch_id,
+            institution=acting_institution,
             accepted=summary.accepted,
             duplicate=summary.duplicate,
             rejected=summary.rejected,
@@ -423,6 +457,17 @@ class Registrar:
         )
         stored = tx.append("ResultDeleted", record, new_state)
         return Outcome("accepted", state.result_id, event_id, stored.position, version)
+
+
+def _log_registration(outcome: Outcome, acting: str, batch_id: str | None) -> None:
+    if outcome.outcome == "accepted":
+        log.info("result_registered", result_id=outcome.result_id, event_id=outcome.event_id,
+                 position=outcome.position, version=outcome.version, institution=acting, batch_id=batch_id,
+                 warnings=outcome.codes)
+    elif outcome.outcome == "duplicate":
+        log.info("registration_repeated", result_id=outcome.result_id, institution=acting)
+    else:
+        log.info("registration_refused", result_id=outcome.result_id, institution=acting, codes=outcome.codes)
 
 
 def _text(value: object) -> str | None:

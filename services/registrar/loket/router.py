@@ -211,6 +211,7 @@ def loket_router(
         session = await run_in_threadpool(loket.sessions.find, request.cookies.get(COOKIE))
         if session is None:
             return RedirectResponse("/loket/login", status_code=303)
+        request.state.institution = session.institution  # the access line names who asked
         try:
             fields = None
             if form is not None:
