@@ -1,20 +1,25 @@
 """Report periods: `YYYY-05` and `YYYY-11`, bounded at midnight Dutch time (interfaces.md).
 
-`YYYY-05` covers deletions recorded from 1 November of the year before up to and including
-30 April; `YYYY-11` covers 1 May up to and including 31 October. The boundaries are midnight
+A period is named by the month it ends in (its report is due then), not by the months it
+covers: `YYYY-05` covers deletions recorded from 1 November of the year before up to and
+including 30 April; `YYYY-11` covers 1 May up to and including 31 October. So in November
+2026, `2026-11` is the period that just ended (May to October) and the deletions recorded now
+belong to `2027-05`. The boundaries are midnight
 in Europe/Amsterdam, summer (CEST, +02:00) and winter time (CET, +01:00) alike, so a period
 is a half-open interval of instants [start, end).
 
 >>> p = Period.parse("2025-05")
 >>> p.start.isoformat(), p.end.isoformat()
 ('2024-11-01T00:00:00+01:00', '2025-05-01T00:00:00+02:00')
+>>> p.covers()
+'1 November 2024 up to and including 30 April 2025'
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 AMSTERDAM = ZoneInfo("Europe/Amsterdam")
@@ -74,6 +79,20 @@ class Period:
     def end_ms(self) -> int:
         return to_millis(self.end)
 
+    @property
+    def first_day(self) -> date:
+        """The first Dutch calendar day the period covers."""
+        return self.start.date()
+
+    @property
+    def last_day(self) -> date:
+        """The last Dutch calendar day the period covers (up to and including)."""
+        return self.end.date() - timedelta(days=1)
+
+    def covers(self) -> str:
+        """The days covered, in English: `1 November 2026 up to and including 30 April 2027`."""
+        return f"{english_date(self.first_day)} up to and including {english_date(self.last_day)}"
+
     def previous(self) -> Period:
         return Period(self.year - 1, 11) if self.month == 5 else Period(self.year, 5)
 
@@ -98,6 +117,13 @@ class Period:
     def is_closed(self, now: datetime) -> bool:
         """True once the period's last instant has passed."""
         return now >= self.end
+
+
+def english_date(day: date) -> str:
+    """`30 April 2027`, whatever the locale."""
+    months = ("January", "February", "March", "April", "May", "June", "July", "August", "September",
+              "October", "November", "December")
+    return f"{day.day} {months[day.month - 1]} {day.year}"
 
 
 def to_millis(instant: datetime) -> int:

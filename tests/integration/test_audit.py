@@ -18,7 +18,7 @@ from pathlib import Path
 import html5lib
 import pytest
 
-from services.audit.periods import Period
+from services.audit.periods import Period, english_date
 from services.audit.projection import Projection
 from services.audit.reader import AuditReader
 from services.audit.reports import REPORTS_TOPIC, ChainBroken, ReportWriter
@@ -263,7 +263,13 @@ def test_rod_report_by_hand_marks_an_open_period_provisional_and_regenerates_ide
     content = json.loads(body)
     assert content["provisional"] is True and content["totals"]["deletions"] == 1
     assert b"Voorlopig" in (audit_settings.data_dir / "reports" / current.id / "25BE.html").read_bytes()
-    assert "provisional" in first.stdout
+    assert f"period {current.id} covers {current.covers()} (Dutch time)" in first.stdout
+    last_day = english_date(current.last_day)
+    assert f"provisional: the period has not ended (its last day is {last_day})" in first.stdout
+    closed = run_rod("report", "--period", current.previous().id, "--institution", "25BE", env=env,
+                     check=True)
+    assert f"period {current.previous().id}: 1 report(s) published, final" in closed.stdout
+    assert f"deletions recorded today belong to period {current.id}" in closed.stdout
     second = run_rod("report", "--period", current.id, "--institution", "25BE", env=env, check=True)
     digests = re.findall(r"sha256 ([0-9a-f]{64})", first.stdout)
     assert len(digests) == 3 and digests == re.findall(r"sha256 ([0-9a-f]{64})", second.stdout)

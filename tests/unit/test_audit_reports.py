@@ -75,6 +75,15 @@ def test_periods_are_half_years_bounded_at_amsterdam_midnight_in_summer_and_wint
             Period.parse(bad)
 
 
+def test_a_period_is_named_by_the_month_it_ends_in_and_says_which_days_it_covers() -> None:
+    may, november = Period.parse("2027-05"), Period.parse("2026-11")
+    assert (may.first_day.isoformat(), may.last_day.isoformat()) == ("2026-11-01", "2027-04-30")
+    assert may.covers() == "1 November 2026 up to and including 30 April 2027"
+    assert november.covers() == "1 May 2026 up to and including 31 October 2026"
+    assert Period.containing(ams(2026, 11, 15)) == may  # in November, 2026-11 is the period just ended
+    assert november.is_closed(ams(2026, 11, 1)) and not may.is_closed(ams(2027, 4, 30, 23, 59))
+
+
 def test_masking_rates_and_medians() -> None:
     assert mask_person_number("333") == "******333"  # the reports keep only these
     assert rate(1, 3) == 0.3333 and rate(0, 5) == 0.0 and rate(2, 0) is None
