@@ -101,7 +101,7 @@ diplomas = Table(
     Column("institution", String(4), nullable=False),
     Column("diploma_number", String(20), nullable=False),
     Index("ix_registrar_diplomas_newest", "institution", "result_id"),
-    Index("ix_registrar_diplomas_number", "institution", "diploma_number"),
+    Index("ix_registrar_diplomas_number", "institution", "diploma_number", "result_id"),
 )
 
 institutions = Table(
