@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from services.kernel.settings import Settings
@@ -137,13 +138,39 @@ def start_rod_up(
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
         assert time.monotonic() < deadline, "rod up did not start the broker"
         time.sleep(0.1)
+    drain_stderr(proc)
     return proc, bootstrap_file.read_text().strip()
+
+
+_DRAINS: dict[int, tuple[threading.Thread, list[str]]] = {}
+
+
+def drain_stderr(proc: subprocess.Popen[str]) -> None:
+    """Read a server's log as it comes, in a thread: a pipe nobody reads fills up (64 KiB, a few
+    hundred access-log lines) and then blocks the server. `drained_stderr` gives it all."""
+    lines: list[str] = []
+
+    def read() -> None:
+        assert proc.stderr is not None
+        lines.extend(proc.stderr)
+
+    reader = threading.Thread(target=read, name=f"stderr-{proc.pid}", daemon=True)
+    reader.start()
+    _DRAINS[proc.pid] = (reader, lines)
+
+
+def drained_stderr(proc: subprocess.Popen[str]) -> str:
+    """Everything the process logged, once it has ended (see drain_stderr)."""
+    reader, lines = _DRAINS.pop(proc.pid)
+    reader.join(30)
+    return "".join(lines)
 
 
 def stop_rod_up(proc: subprocess.Popen[str]) -> str:
     """Ctrl-C, as a user stops it: it must end cleanly; returns what it printed."""
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=90)
+    proc.wait(timeout=90)
+    out, err = proc.stdout.read() if proc.stdout else "", drained_stderr(proc)
     LOG_SINK.write(out + err)
     assert proc.returncode == 0, err[-2000:]
     assert "stopped" in out
