@@ -114,16 +114,15 @@ def _refused(code: str, line: int, params: dict[str, str]) -> FileRefused:
     return FileRefused(code, line, **params)
 
 
-_SAFE_NAME = re.compile(r"[a-z_][a-z_ -]{0,39}")
+_PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z_ .-]{0,39}")
 
 
-def shown_name(name: str, position: int) -> str:
-    """A column or element name as a message may show it: plain letters only, else its position.
+def _shown(name: str, instead: str) -> str:
+    """A column, element or attribute name as a message may show it: letters only, else `instead`.
 
-    A name with digits might be a person number (a file whose first line is data), so it is
-    never echoed.
+    A name with digits might be a person number (a file whose first line is data): never echoed.
     """
-    return name if _SAFE_NAME.fullmatch(name) else f"kolom {position}"
+    return name if _PLAIN_NAME.fullmatch(name) else instead
 
 
 def sniff_format(path: StrPath, content_type: str | None = None) -> str:
@@ -305,6 +304,7 @@ def _csv_header(text: io.TextIOWrapper) -> tuple[int, str, list[str]]:
 # separators people use by mistake, as the message names them
 _WRONG_SEPARATORS = {"\t": "tabs", "|": "verticale strepen (|)", ":": "dubbele punten (:)"}
 _COLUMN_LIST = "bsn of onderwijsnummer, " + ", ".join(REQUIRED_COLUMNS)
+_KNOWN_COLUMNS = ", ".join([*FIELD_NAMES, "actie"])
 
 
 def _check_columns(columns: list[str], line: str, line_no: int) -> None:
@@ -321,15 +321,12 @@ def _check_columns(columns: list[str], line: str, line_no: int) -> None:
         missing.insert(0, "bsn of onderwijsnummer")
     if missing:
         raise FileRefused("COLUMNS_MISSING", line_no, columns=", ".join(missing))
-    unknown = [shown_name(name, i) for i, name in enumerate(columns, 1) if name not in _CSV_COLUMNS]
+    unknown = [_shown(name, f"kolom {i}") for i, name in enumerate(columns, 1) if name not in _CSV_COLUMNS]
     if unknown:
         raise FileRefused("COLUMNS_UNKNOWN", line_no, columns=", ".join(unknown), known=_KNOWN_COLUMNS)
     twice = sorted({name for name in columns if columns.count(name) > 1})
     if twice:
         raise FileRefused("COLUMNS_DUPLICATE", line_no, columns=", ".join(twice))
-
-
-_KNOWN_COLUMNS = ", ".join([*FIELD_NAMES, "actie"])
 
 
 # --- XML ----------------------------------------------------------------------------------
@@ -533,19 +530,11 @@ def _check_root(root: etree._Element, line: int) -> None:
     place = _XSD_PLACE.match(error.message)
     required = _XSD_REQUIRED.search(error.message)
     attribute = required.group(1) if required else place.group(2) if place else None
-    where = f"<{_xml_name(etree.QName(root).localname)}>"
+    where = f"<{_shown(etree.QName(root).localname, '…')}>"
     if attribute is not None:
-        where = f"attribuut {_xml_name(attribute)} van {where}"
+        where = f"attribuut {_shown(attribute, '…')} van {where}"
     detail = _XSD_DETAILS.get(error.type_name, "deze waarde is ongeldig")
     raise FileRefused("XML_SCHEMA_INVALID", line, element=where, detail=detail)
-
-
-_SAFE_XML_NAME = re.compile(r"[A-Za-z_][A-Za-z_.-]{0,39}")
-
-
-def _xml_name(name: str) -> str:
-    """An element or attribute name as a message may show it (no digits: see `shown_name`)."""
-    return name if _SAFE_XML_NAME.fullmatch(name) else "…"
 
 
 def _xml_children(path: StrPath) -> Iterator[etree._Element]:
