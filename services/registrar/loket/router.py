@@ -161,17 +161,18 @@ class Loket:
             raise Refused(429, said, {"retry-after": retry_after(wait)})
         return client
 
-    def owned(self, result_id: str, institution: str) -> Any:
+    def owned(self, result_id: str, institution: str, lang: str) -> Any:
         """`institution`'s result state; Refused(404) for an unknown one and another's alike."""
         try:
             return owned_result(self.registrar.store, result_id, institution)
         except ApiError:
-            raise Refused(404, "Dit resultaat bestaat niet. / No such result.") from None
+            raise Refused(404, texts.message("RESULT_NOT_FOUND", lang)) from None
 
-    def owned_batch(self, batch_id: str, institution: str) -> Any:
+    def owned_batch(self, batch_id: str, institution: str, lang: str) -> Any:
+        """`institution`'s finished upload; Refused(404) for an unknown one and another's alike."""
         batch = self.batches.find(batch_id) if len(batch_id) == 36 else None
         if batch is None or batch.institution != institution:
-            raise Refused(404, "Deze aanlevering bestaat niet. / No such upload.")
+            raise Refused(404, texts.message("BATCH_NOT_FOUND", lang))
         return batch
 
     def views(self, result_id: str) -> list[dict[str, Any]]:
@@ -354,7 +355,8 @@ def loket_router(
     @router.get("/loket/resultaten/{result_id}")
     async def result_page(request: Request, result_id: str) -> Response:
         async def work(session: Session, _form: Any) -> Response:
-            state = await run_in_threadpool(loket.owned, result_id, session.institution)
+            state = await run_in_threadpool(loket.owned, result_id, session.institution,
+                                           loket.lang(request))
             views = await run_in_threadpool(loket.views, result_id)
             latest = [v for v in views if v["registration"]][-1]["registration"]
             said = next((k for k in ("nieuw", "bekend", "verwijderd") if k in request.query_params), None)
@@ -379,7 +381,8 @@ def loket_router(
     @router.get("/loket/resultaten/{result_id}/verwijderen")
     async def deletion_form(request: Request, result_id: str) -> Response:
         async def work(session: Session, _form: Any) -> Response:
-            state = await run_in_threadpool(loket.owned, result_id, session.institution)
+            state = await run_in_threadpool(loket.owned, result_id, session.institution,
+                                           loket.lang(request))
             if state.status == "deleted":
                 raise Refused(409, texts.message("RESULT_ALREADY_DELETED", loket.lang(request)))
             impact = loket.impact.impact(result_id, state.registered_event_id).as_dict()
@@ -396,7 +399,7 @@ def loket_router(
         """Step "reden" checks the reason (the API's dry run) and shows the confirmation; step
         "bevestigen" deletes, once the second confirmation is given where the result reached anyone."""
         lang = loket.lang(request)
-        state = loket.owned(result_id, session.institution)
+        state = loket.owned(result_id, session.institution, lang)
         reason, explanation = form.get("reden", "").strip(), form.get("toelichting", "").strip()
         body = DeletionIn.model_validate({"reason": reason, "explanation": explanation or None})
         kept = {"reden": reason, "toelichting": explanation, "chosen": reason}
@@ -473,7 +476,8 @@ def loket_router(
     @router.get("/loket/aanleveringen/{batch_id}")
     async def batch_page(request: Request, batch_id: str, na: int = 0, afgekeurd: str = "") -> Response:
         async def work(session: Session, _form: Any) -> Response:
-            batch = await run_in_threadpool(loket.owned_batch, batch_id, session.institution)
+            batch = await run_in_threadpool(loket.owned_batch, batch_id, session.institution,
+                                           loket.lang(request))
             only_rejected = afgekeurd == "1"
             rows = await run_in_threadpool(batch_store.page, batch, max(na, 0), PAGE_SIZE + 1, only_rejected)
             more = len(rows) > PAGE_SIZE
@@ -485,7 +489,8 @@ def loket_router(
     @router.get("/loket/aanleveringen/{batch_id}/terugkoppeling.csv")
     async def batch_csv(request: Request, batch_id: str) -> Response:
         async def work(session: Session, _form: Any) -> Response:
-            batch = await run_in_threadpool(loket.owned_batch, batch_id, session.institution)
+            batch = await run_in_threadpool(loket.owned_batch, batch_id, session.institution,
+                                           loket.lang(request))
             return StreamingResponse(_feedback_csv(batch_store, batch), media_type="text/csv", headers={
                 "content-disposition": f'attachment; filename="feedback-{batch_id}.csv"',
                 "cache-control": "no-store", "x-content-type-options": "nosniff"})
@@ -505,7 +510,8 @@ def loket_router(
         async def work(session: Session, _form: Any) -> Response:
             body = await run_in_threadpool(shelf.read, session.institution, period, fmt)
             if body is None:
-                raise Refused(404, "Deze rapportage bestaat niet. / No such report.")
+                raise Refused(404, texts.pick(loket.lang(request), "Deze rapportage bestaat niet.",
+                                              "No such report."))
             return Response(body, headers=shelf.answer_headers(session.institution, period, fmt))
         return await guarded(request, work)
 
