@@ -298,6 +298,12 @@ def test_a_broker_that_lost_its_data_is_read_again_from_the_start_changing_nothi
         half = year.log.results[: len(year.log.results) // 2]
         rest, year.log.results = year.log.results[len(half):], half
         year.log.produce(moved, restarted.bootstrap)  # shorter than what the projection read
+        # `rod report` reads it again as a matter of course: an info line, no warning
+        told = run_rod("-v", "report", "--period", Period.containing(datetime.now(UTC)).id,
+                       env=settings_env(moved), check=True)
+        logged = [json.loads(line) for line in told.stderr.splitlines()]
+        assert "log_rebuilt" in [e["event"] for e in logged if e["level"] == "info"]
+        assert [e for e in logged if e["level"] != "info"] == []
         projection = built(moved)
         assert (projection.counts(), projection.status().verified) == before
         year.log.results = half + rest
