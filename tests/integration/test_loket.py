@@ -30,7 +30,7 @@ from services.registrar.commands import Registrar
 from services.registrar.impact import DELIVERIES_TOPIC, EXTRACTS_TOPIC, ImpactReader
 from services.registrar.store import EventStore, diplomas
 from services.registrar.tokens import institution_tokens, rotate_token
-from tests.fixtures.bulkfiles import sample_row, write_csv
+from tests.fixtures.bulkfiles import sample_row, write_csv, write_xml
 from tests.integration.apiserver import CATALOGUE, RunningApi, registration, running_api
 from tests.integration.test_audit_http import reported  # noqa: F401 - the scripted year's reports, served
 from tests.support import LOG_SINK
@@ -279,7 +279,6 @@ def test_posts_without_the_csrf_token_or_from_another_site_are_refused_and_chang
         assert rest.get(f"/v1/results/{result_id}").json()["status"] == "registered"
 
 
-@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_a_revoked_or_rotated_token_ends_its_sessions(api: RunningApi) -> None:
     engine = api.api.registrar.store.engine
     with logged_in(api, "25BE") as (ours, _), logged_in(api, "30XX") as (theirs, _):
@@ -296,7 +295,6 @@ def test_a_revoked_or_rotated_token_ends_its_sessions(api: RunningApi) -> None:
         assert theirs.get("/loket/resultaten").status_code == 200
 
 
-@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_an_upload_shows_its_summary_the_paged_feedback_the_rejected_filter_and_the_csv(
     api: RunningApi, tmp_path: Path
 ) -> None:
@@ -351,6 +349,43 @@ def test_an_upload_shows_its_summary_the_paged_feedback_the_rejected_filter_and_
         )
         assert other.status_code == 415
         assert api.events() == before
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_an_mbo_institution_uploads_xml_and_its_csv_is_refused_with_the_rule(
+    api: RunningApi, tmp_path: Path
+) -> None:
+    rows = [
+        sample_row(
+            i,
+            instellingscode="40MB",
+            vestigingscode="40MB01",
+            sector="MBO",
+            opleidingscode="25655",
+            onderwijsaanbieder=None,
+        )
+        for i in range(3)
+    ]
+    write_xml(tmp_path / "mbo.xml", rows, "40MB")
+    write_csv(tmp_path / "mbo.csv", rows)
+    with logged_in(api, "40MB") as (client, csrf):
+        before = api.events()
+        refused = client.post(
+            "/loket/aanleveren",
+            data={"csrf": csrf},
+            files={"bestand": ("mbo.csv", (tmp_path / "mbo.csv").read_bytes(), "text/csv")},
+        )
+        assert refused.status_code == 422 and "<code>FILE_FORMAT_NOT_ALLOWED</code>" in refused.text
+        assert api.events() == before
+        taken = client.post(
+            "/loket/aanleveren",
+            data={"csrf": csrf},
+            files={"bestand": ("mbo.xml", (tmp_path / "mbo.xml").read_bytes(), "text/xml")},
+        )
+        assert taken.status_code == 303, taken.text
+        page = client.get(taken.headers["location"])
+        assert re.search(r"<dt>Verwerkt</dt><dd>3</dd>", page.text)
+        assert api.events() == before + 3
 
 
 def test_results_are_found_by_diploma_number_and_paged_newest_first(api: RunningApi) -> None:
@@ -527,8 +562,14 @@ def test_a_database_made_before_the_diploma_index_is_indexed_when_the_store_open
     store = EventStore(db_url)
     registrar = Registrar(store, Catalogue.load(CATALOGUE))
     registrar.add_institution("25BE", "Instelling 25BE", ["HO"])
-    raw = {"bsn": "111222333", "institution": "25BE", "branch": "25BE01", "sector": "HO",
-           "programme_code": "56551", "diploma_date": "2026-07-01"}
+    raw = {
+        "bsn": "111222333",
+        "institution": "25BE",
+        "branch": "25BE01",
+        "sector": "HO",
+        "programme_code": "56551",
+        "diploma_date": "2026-07-01",
+    }
     ids = [registrar.register({**raw, "diploma_number": f"OLD-{i}"}, "25BE").result_id for i in range(3)]
     with store.engine.begin() as conn:
         conn.execute(sql_delete(diplomas))  # as a database from before the table
