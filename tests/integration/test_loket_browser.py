@@ -227,6 +227,19 @@ def test_the_loket_in_headless_chromium_from_login_to_the_deletion_report(
         page.get_by_role("link", name=f"Bekijken {now.id}").click()
         page.wait_for_url(f"{system.url}/loket/rapportages/{now.id}.html")
         walk.seen("report-html")
+
+        # a refusal (a result that is not ours answers like an unknown one), and the pages in English
+        answer = page.goto(f"{system.url}/loket/resultaten/00000000-0000-4000-8000-000000000000")
+        assert answer is not None and answer.status == 404
+        walk.seen("not-found")
+        page.goto(f"{system.url}/loket/registreren?lang=en")
+        assert page.locator("html").get_attribute("lang") == "en"
+        walk.follow("Register")  # empty: every required field says so, in English
+        assert page.locator(".error-summary li").count() >= 4
+        walk.seen("register-errors-en")
+        walk.follow("Deletion reports")  # the choice is kept
+        assert page.locator("html").get_attribute("lang") == "en" and "Up to and including" in page.content()
+        walk.seen("reports-en")
     assert walk.violations == {}, "axe: serious or critical WCAG 2.1 AA violations on Loket pages"
     assert walk.leaked == {}, "full person numbers on Loket pages (counts per page)"
 
