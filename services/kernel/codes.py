@@ -154,65 +154,59 @@ CODES: dict[str, tuple[str, str]] = {
         "Mbo-instellingen leveren bulkbestanden alleen als XML aan.",
         "MBO institutions may deliver bulk files only as XML.",
     ),
+    # A file refused as a whole: the English line reads as the message with the same {parameters}.
     "FILE_MALFORMED": (
         "Het bestand kan niet worden gelezen (regel {line}).",
-        "The file cannot be read at all: a DTD or entity declaration in an XML file, a line over "
-        "1 MiB, a CSV cell the CSV reader cannot take, or an XML record of absurd size. Parameter: line.",
+        "The file cannot be read (line {line}): a DTD in XML, a line over 1 MiB, a cell or record too large.",
     ),
     "FILE_EMPTY": (
         "Het bestand is leeg: er staat niets in, ook geen kopregel.",
-        "The file holds nothing but blank lines (or no bytes at all); line 1.",
+        "The file is empty: it holds nothing, not even a header.",
     ),
     "FILE_NO_RECORDS": (
         "Het bestand bevat geen resultaten: na regel {line} (de kopregel of <aanlevering>) staat "
         "geen record.",
-        "The file has a header (CSV) or an <aanlevering> (XML) but not one record. Parameter: line.",
+        "The file holds no results: no record follows line {line} (the header or <aanlevering>).",
     ),
     "FILE_NOT_UTF8": (
         "Het bestand is geen UTF-8-tekst (regel {line}); sla het op in de codering UTF-8.",
-        "The file as a whole is not UTF-8 text: a CSV in UTF-16 or UTF-32 (a byte-order mark or NUL "
-        "bytes), a CSV header line that is not UTF-8, an XML file in an encoding libxml2 does not know "
-        "or whose bytes do not match its declared encoding, or an XML root tag that is not UTF-8. A "
-        "record whose text is not UTF-8 costs that record only (TEXT_NOT_UNICODE). Parameter: line.",
+        "The file is not UTF-8 text (line {line}); save it in the UTF-8 encoding. (A record whose "
+        "text alone is not UTF-8 costs that record only: TEXT_NOT_UNICODE.)",
     ),
     "SEPARATOR_INVALID": (
         "De kopregel (regel {line}) is gescheiden door {separator}; gebruik een komma (,) of een "
         "puntkomma (;) als scheidingsteken.",
-        "The CSV header is separated by something other than a comma or a semicolon (a tab, a "
-        "vertical bar, a colon); the message names it. Parameters: line, separator.",
+        "The header (line {line}) is separated by {separator}; use a comma (,) or a semicolon (;).",
     ),
     "HEADER_MISSING": (
         "Regel {line} is geen kopregel: geen van de kolomnamen is bekend. Zet de kolomnamen op de "
         "eerste regel: {columns}.",
-        "The first line names no known column (a file without a header, or another kind of file); "
-        "the message lists the register's columns. Parameters: line, columns.",
+        "Line {line} is no header: it names no known column. Put the column names on the first "
+        "line: {columns}.",
     ),
     "COLUMNS_MISSING": (
         "In de kopregel (regel {line}) ontbreken verplichte kolommen: {columns}.",
-        "The CSV header lacks required columns; the message names them (bsn or onderwijsnummer counts "
-        "as one). Parameters: line, columns.",
+        "The header (line {line}) lacks required columns: {columns}.",
     ),
     "COLUMNS_UNKNOWN": (
         "De kopregel (regel {line}) heeft onbekende kolommen: {columns}. Bekende kolommen zijn: {known}.",
-        "The CSV header has columns the register does not know; the message names them (a name that "
-        "is not plain letters is shown by its position, `kolom 3`). Parameters: line, columns, known.",
+        "The header (line {line}) has unknown columns: {columns}. The known columns are: {known}. "
+        "(A name that is not plain letters is shown by its position, #3.)",
     ),
     "COLUMNS_DUPLICATE": (
         "De kopregel (regel {line}) noemt deze kolommen meer dan eens: {columns}.",
-        "The CSV header names a column more than once (letter case and spaces do not count). "
-        "Parameters: line, columns.",
+        "The header (line {line}) names these columns more than once: {columns}.",
     ),
     "XML_NOT_WELL_FORMED": (
         "Het XML-bestand is niet goed gevormd (regel {line}); controleer de tags op en vlak voor die regel.",
-        "The XML is not well-formed (a tag not closed, mismatched or misspelt, text outside the root, "
-        "an undeclared entity); the line is where libxml2 noticed it. Parameter: line.",
+        "The XML is not well-formed (line {line}); check the tags on and just before that line.",
     ),
     "XML_SCHEMA_INVALID": (
-        "Het XML-bestand past niet bij het schema aanlevering.xsd: {element} op regel {line}: {detail}.",
-        "The root element does not match schemas/xml/aanlevering.xsd: not <aanlevering>, in a "
-        "namespace, without or with an invalid instellingscode attribute, or with another attribute. "
-        "A <resultaat> that breaks the schema costs that record only (RECORD_MALFORMED or the rule's "
-        "code). Parameters: element, line, detail.",
+        "Het XML-bestand past niet bij het schema aanlevering.xsd: {element} op regel {line}. Verwacht "
+        'is één <aanlevering instellingscode="..."> zonder namespace en zonder andere attributen.',
+        "The XML file does not match the schema aanlevering.xsd: {element} on line {line}. Expected is "
+        'one <aanlevering instellingscode="..."> without a namespace or other attributes. (A '
+        "<resultaat> that breaks the schema costs that record only.)",
     ),
     "FILE_TOO_LARGE": (
         "Het bestand is te groot.",
@@ -337,9 +331,14 @@ class Problem:
     field: str | None
     code: str
     message: str
+    params: tuple[tuple[str, str], ...] = ()  # what fills the message's {places}, by name
 
     def as_dict(self) -> dict[str, str | None]:
         return {"field": self.field, "code": self.code, "message": self.message}
+
+    def text(self, lang: str = "nl") -> str:
+        """The message in Dutch (`nl`), or the English line with the same parameters (`en`)."""
+        return message(self.code, lang, **dict(self.params))
 
 
 def problem(code: str, field: str | None = None, **params: object) -> Problem:
@@ -351,7 +350,14 @@ def problem(code: str, field: str | None = None, **params: object) -> Problem:
         >>> problem("FILE_NOT_UTF8", "file", line=1).message
         'Het bestand is geen UTF-8-tekst (regel 1); sla het op in de codering UTF-8.'
     """
-    message = CODES[code][0]
-    if "{" in message:
-        message = message.format(**params)  # parameters the message does not name are left out
-    return Problem(field=field, code=code, message=message)
+    filled = tuple(sorted((name, str(value)) for name, value in params.items()))
+    return Problem(field=field, code=code, message=message(code, "nl", **params), params=filled)
+
+
+def message(code: str, lang: str = "nl", **params: object) -> str:
+    """The code's Dutch message, or with `lang` "en" its English line, its {places} filled in.
+
+    Parameters the text does not name are left out; one it names but was not given is a KeyError.
+    """
+    text = CODES[code][1 if lang == "en" else 0]
+    return text.format(**params) if "{" in text else text

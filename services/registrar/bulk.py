@@ -301,9 +301,10 @@ def _csv_header(text: io.TextIOWrapper) -> tuple[int, str, list[str]]:
     return line_no, delimiter, [FIELD_NAMES.get(name, name) for name in columns]
 
 
-# separators people use by mistake, as the message names them
-_WRONG_SEPARATORS = {"\t": "tabs", "|": "verticale strepen (|)", ":": "dubbele punten (:)"}
-_COLUMN_LIST = "bsn of onderwijsnummer, " + ", ".join(REQUIRED_COLUMNS)
+# separators people use by mistake, as the message names them (the same in Dutch and English)
+_WRONG_SEPARATORS = {"\t": "tab", "|": "|", ":": ":"}
+_PERSON = "/".join(PERSON_COLUMNS)  # one of the two is required
+_COLUMN_LIST = ", ".join([_PERSON, *REQUIRED_COLUMNS])
 _KNOWN_COLUMNS = ", ".join([*FIELD_NAMES, "actie"])
 
 
@@ -318,10 +319,10 @@ def _check_columns(columns: list[str], line: str, line_no: int) -> None:
         raise FileRefused("HEADER_MISSING", line_no, columns=_COLUMN_LIST)
     missing = [name for name in REQUIRED_COLUMNS if name not in columns]
     if not set(PERSON_COLUMNS).intersection(columns):
-        missing.insert(0, "bsn of onderwijsnummer")
+        missing.insert(0, _PERSON)
     if missing:
         raise FileRefused("COLUMNS_MISSING", line_no, columns=", ".join(missing))
-    unknown = [_shown(name, f"kolom {i}") for i, name in enumerate(columns, 1) if name not in _CSV_COLUMNS]
+    unknown = [_shown(name, f"#{i}") for i, name in enumerate(columns, 1) if name not in _CSV_COLUMNS]
     if unknown:
         raise FileRefused("COLUMNS_UNKNOWN", line_no, columns=", ".join(unknown), known=_KNOWN_COLUMNS)
     twice = sorted({name for name in columns if columns.count(name) > 1})
@@ -505,12 +506,6 @@ def _schema() -> etree.XMLSchema:
 
 _XSD_PLACE = re.compile(r"Element '([^']*)'(?:, attribute '([^']*)')?")
 _XSD_REQUIRED = re.compile(r"attribute '([^']*)' is required")
-_XSD_DETAILS = {  # libxml2's error type -> what the message says
-    "SCHEMAV_CVC_ELT_1": "verwacht het hoofdelement <aanlevering>, zonder namespace",
-    "SCHEMAV_CVC_COMPLEX_TYPE_4": "dit verplichte attribuut ontbreekt",
-    "SCHEMAV_CVC_COMPLEX_TYPE_3_2_1": "dit attribuut is niet toegestaan",
-    "SCHEMAV_CVC_COMPLEX_TYPE_3_2_2": "dit attribuut is niet toegestaan",
-}
 
 
 def _check_root(root: etree._Element, line: int) -> None:
@@ -530,11 +525,11 @@ def _check_root(root: etree._Element, line: int) -> None:
     place = _XSD_PLACE.match(error.message)
     required = _XSD_REQUIRED.search(error.message)
     attribute = required.group(1) if required else place.group(2) if place else None
-    where = f"<{_shown(etree.QName(root).localname, '…')}>"
+    qname = etree.QName(root)
+    where = ("…:" if qname.namespace else "") + _shown(qname.localname, "…")  # the namespace unsaid
     if attribute is not None:
-        where = f"attribuut {_shown(attribute, '…')} van {where}"
-    detail = _XSD_DETAILS.get(error.type_name, "deze waarde is ongeldig")
-    raise FileRefused("XML_SCHEMA_INVALID", line, element=where, detail=detail)
+        where += f"/@{_shown(attribute, '…')}"
+    raise FileRefused("XML_SCHEMA_INVALID", line, element=where)
 
 
 def _xml_children(path: StrPath) -> Iterator[etree._Element]:

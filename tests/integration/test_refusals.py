@@ -1,10 +1,13 @@
 """A bulk file refused as a whole names what to fix, alike over the API (`POST /v1/batches`
-on the registrar's own server process) and the CLI (`rod import` as a user runs it): each kind
-of refusal its own code, the line, and the columns or element concerned. Nothing is written,
-no feedback file is left, and no person number appears in any answer."""
+on the registrar's own server process), the CLI (`rod import` as a user runs it) and the
+Loket's upload form: each kind of refusal its own code, the line, and the columns or element
+concerned. Nothing is written, no feedback file is left, and no person number appears in any
+answer."""
 
 from __future__ import annotations
 
+import html
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -60,9 +63,9 @@ CASES = [
     Refused("columns-missing", csv_file(WITHOUT_TWO, ROW), "COLUMNS_MISSING", 1,
             "ontbreken verplichte kolommen: sector, diplomadatum."),
     Refused("no-person-column", csv_file("\n" + HEADER.replace("bsn,", ""), ROW), "COLUMNS_MISSING", 2,
-            "ontbreken verplichte kolommen: bsn of onderwijsnummer."),
+            "ontbreken verplichte kolommen: bsn/onderwijsnummer."),
     Refused("columns-unknown", csv_file(HEADER + ",geboortedatum,x111222333", ROW + ",2000-01-01,1"),
-            "COLUMNS_UNKNOWN", 1, "onbekende kolommen: geboortedatum, kolom 9. Bekende kolommen zijn: "),
+            "COLUMNS_UNKNOWN", 1, "onbekende kolommen: geboortedatum, #9. Bekende kolommen zijn: "),
     Refused("columns-duplicate", csv_file(HEADER + ",BSN", ROW + ",111222333"), "COLUMNS_DUPLICATE", 1,
             "noemt deze kolommen meer dan eens: bsn."),
     Refused("empty", b"", "FILE_EMPTY", 1, "Het bestand is leeg"),
@@ -73,16 +76,15 @@ CASES = [
     Refused("header-not-utf8", csv_file("\n" + HEADER + ",tœlichting", ROW + ",x", encoding="cp1252"),
             "FILE_NOT_UTF8", 2, "geen UTF-8-tekst (regel 2)"),
     Refused("tab-separated", csv_file(HEADER, ROW).replace(b",", b"\t"), "SEPARATOR_INVALID", 1,
-            "gescheiden door tabs; gebruik een komma (,) of een puntkomma (;)"),
+            "gescheiden door tab; gebruik een komma (,) of een puntkomma (;)"),
     Refused("no-header", csv_file(ROW, ROW), "HEADER_MISSING", 1,
             "Regel 1 is geen kopregel: geen van de kolomnamen is bekend."),
     Refused("xml-not-well-formed", xml_file(RECORD, BROKEN_RECORD), "XML_NOT_WELL_FORMED", 4,
             "niet goed gevormd (regel 4)"),
     Refused("xml-wrong-root", xml_file(RECORD).replace(b"aanlevering", b"levering"), "XML_SCHEMA_INVALID", 2,
-            f"{XSD}: <levering> op regel 2: verwacht het hoofdelement <aanlevering>, zonder namespace."),
+            f"{XSD}: levering op regel 2. Verwacht is één <aanlevering instellingscode="),
     Refused("xml-root-without-instellingscode", xml_file(RECORD, root=BARE_ROOT), "XML_SCHEMA_INVALID", 2,
-            f"{XSD}: attribuut instellingscode van <aanlevering> op regel 2: dit verplichte attribuut "
-            "ontbreekt."),
+            f"{XSD}: aanlevering/@instellingscode op regel 2. Verwacht is "),
     Refused("xml-no-records", xml_file(), "FILE_NO_RECORDS", 2, "geen resultaten: na regel 2"),
     Refused("xml-dtd", xml_file(RECORD, prolog='<!DOCTYPE aanlevering SYSTEM "file:///etc/passwd">\n'),
             "FILE_MALFORMED", 2, "kan niet worden gelezen (regel 2)"),
@@ -118,6 +120,17 @@ def system(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sy
                     env=env, check=True).stdout.strip().splitlines()[-1]
     with api_process(env) as (_proc, url):
         yield System(url, env, token, settings.database_urls["registrar"])
+
+
+@pytest.fixture(scope="module")
+def loket(system: System) -> Iterator[tuple[httpx.Client, str]]:
+    """A browser logged in to the Loket as 25BE, and its session's CSRF token."""
+    with httpx.Client(base_url=system.url, timeout=60) as client:
+        answer = client.post("/loket/login", data={"token": system.token})
+        assert answer.status_code == 303, answer.text
+        found = re.search(r'name="csrf" value="([^"]+)"', client.get("/loket/aanleveren").text)
+        assert found, "the upload form carries a CSRF token"
+        yield client, found.group(1)
 
 
 def no_person_number(text: str) -> None:
@@ -161,6 +174,37 @@ def test_rod_import_prints_the_refusal_and_leaves_no_feedback_file(
     no_person_number(imported.stdout + imported.stderr)
     assert not feedback.exists()
     assert system.events() == before
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_the_loket_shows_the_refusal_with_what_to_fix(
+    system: System, loket: tuple[httpx.Client, str], case: Refused
+) -> None:
+    client, csrf = loket
+    content_type = "application/xml" if case.kind == "xml" else "text/csv"
+    before = system.events()
+
+    page = client.post("/loket/aanleveren", data={"csrf": csrf},
+                       files={"bestand": (f"{case.name}.{case.kind}", case.content, content_type)})
+
+    assert page.status_code == 422, page.text
+    shown = html.unescape(page.text)
+    assert f"<code>{case.code}</code>" in page.text
+    assert case.named in shown and "Er is niets verwerkt." in shown
+    assert shown.lower().count(f"regel {case.line}") == 1  # the line once: in the message, or after it
+    assert "{" not in shown.split("<main", 1)[-1].split("</main>", 1)[0]  # every parameter filled in
+    no_person_number(page.text)
+    assert system.events() == before
+
+
+def test_the_loket_in_english_names_the_problem_in_english(
+    system: System, loket: tuple[httpx.Client, str]
+) -> None:
+    client, csrf = loket
+    page = client.post("/loket/aanleveren?lang=en", data={"csrf": csrf},
+                       files={"bestand": ("two-missing.csv", csv_file(WITHOUT_TWO, ROW), "text/csv")})
+    assert page.status_code == 422, page.text
+    assert "The header (line 1) lacks required columns: sector, diplomadatum." in html.unescape(page.text)
 
 
 def test_a_record_that_is_not_utf8_costs_that_record_only(system: System, tmp_path: Path) -> None:

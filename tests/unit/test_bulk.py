@@ -167,14 +167,14 @@ def test_csv_wrong_column_count_is_one_malformed_record(tmp_path: Path) -> None:
         ("bsn,instellingscode,vestigingscode,sector,opleidingscode,diplomavolgnummer",
          "COLUMNS_MISSING", ": diplomadatum."),
         ("instellingscode,vestigingscode,sector,Opleidingscode,diplomavolgnummer",
-         "COLUMNS_MISSING", ": bsn of onderwijsnummer, diplomadatum."),
+         "COLUMNS_MISSING", ": bsn/onderwijsnummer, diplomadatum."),
         (HEADER + ",geboortedatum", "COLUMNS_UNKNOWN", ": geboortedatum. Bekende kolommen zijn: bsn, "),
-        (HEADER + ",", "COLUMNS_UNKNOWN", ": kolom 8. "),  # an empty column name: its position
+        (HEADER + ",", "COLUMNS_UNKNOWN", ": #8. "),  # an empty column name: its position
         (HEADER + ",BSN, Sector ", "COLUMNS_DUPLICATE", ": bsn, sector."),
         (HEADER.replace(",", "\t"), "SEPARATOR_INVALID",
-         " door tabs; gebruik een komma (,) of een puntkomma (;)"),
-        (HEADER.replace(",", "|"), "SEPARATOR_INVALID", " door verticale strepen (|); "),
-        ("naam,adres,woonplaats", "HEADER_MISSING", ": bsn of onderwijsnummer, instellingscode, "),
+         " door tab; gebruik een komma (,) of een puntkomma (;)"),
+        (HEADER.replace(",", "|"), "SEPARATOR_INVALID", " door |; "),
+        ("naam,adres,woonplaats", "HEADER_MISSING", ": bsn/onderwijsnummer, instellingscode, "),
     ],
     ids=["missing-required", "no-person-column", "unknown", "empty-name", "duplicate", "tab", "bar",
          "not-a-header"],
@@ -210,7 +210,7 @@ def test_header_messages_never_repeat_a_person_number(tmp_path: Path, first_line
     for number in ("111222333", "123456782", "12345672"):
         assert number not in shown
     if info.value.code == "COLUMNS_UNKNOWN":
-        assert ": kolom 2, kolom 3." in info.value.problem.message
+        assert ": #2, #3." in info.value.problem.message
 
 
 @pytest.mark.parametrize("data", ["", "\n  \r\n\n"], ids=["no-bytes", "blank-lines"])
@@ -424,30 +424,32 @@ def test_xml_unreadable_files_are_refused(tmp_path: Path, xml: str, code: str, l
 
 
 @pytest.mark.parametrize(
-    ("xml", "element", "detail"),
+    ("xml", "element", "line"),
     [
-        ('<?xml version="1.0"?>\n\n<levering instellingscode="25BE"/>',
-         "<levering> op regel 3", "verwacht het hoofdelement <aanlevering>, zonder namespace"),
+        ('<?xml version="1.0"?>\n\n<levering instellingscode="25BE"/>', "levering", 3),
         ('\n<aanlevering xmlns="urn:x" instellingscode="25BE"><resultaat/></aanlevering>',
-         "<aanlevering> op regel 2", "verwacht het hoofdelement <aanlevering>, zonder namespace"),
-        ("<aanlevering>\n<resultaat/></aanlevering>",
-         "attribuut instellingscode van <aanlevering> op regel 1", "dit verplichte attribuut ontbreekt"),
-        ('<aanlevering\n instellingscode="25be"><resultaat/></aanlevering>',  # where the start tag ends
-         "attribuut instellingscode van <aanlevering> op regel 2", "deze waarde is ongeldig"),
+         "…:aanlevering", 2),
+        ("<aanlevering>\n<resultaat/></aanlevering>", "aanlevering/@instellingscode", 1),  # required
+        ('<aanlevering\n instellingscode="25be"><resultaat/></aanlevering>',  # the line where the tag ends
+         "aanlevering/@instellingscode", 2),
         ('<aanlevering instellingscode="25BE" bsn="111222333"><resultaat/></aanlevering>',
-         "attribuut bsn van <aanlevering> op regel 1", "dit attribuut is niet toegestaan"),
+         "aanlevering/@bsn", 1),
         ('<aanlevering instellingscode="25BE" x123456782="1"><resultaat/></aanlevering>',
-         "attribuut … van <aanlevering> op regel 1", "dit attribuut is niet toegestaan"),
+         "aanlevering/@…", 1),
     ],
     ids=["wrong-root", "namespace", "no-instellingscode", "bad-instellingscode", "unknown-attribute",
          "attribute-with-digits"],
 )
 def test_xml_root_that_does_not_match_the_xsd_is_refused_naming_element_and_line(
-    tmp_path: Path, xml: str, element: str, detail: str
+    tmp_path: Path, xml: str, element: str, line: int
 ) -> None:
     error = refused(write_bytes(tmp_path, "r.xml", xml), "xml", "XML_SCHEMA_INVALID")
+    assert error.line == line
     assert error.problem.message == (
-        f"Het XML-bestand past niet bij het schema aanlevering.xsd: {element}: {detail}.")
+        f"Het XML-bestand past niet bij het schema aanlevering.xsd: {element} op regel {line}. Verwacht is "
+        'één <aanlevering instellingscode="..."> zonder namespace en zonder andere attributen.')
+    assert error.problem.text("en").startswith(
+        f"The XML file does not match the schema aanlevering.xsd: {element} on line {line}. Expected is ")
     assert "111222333" not in error.problem.message and "123456782" not in error.problem.message
     assert not etree.XMLSchema(etree.parse(str(XSD))).validate(etree.fromstring(xml.strip().encode()))
 
@@ -641,6 +643,7 @@ def test_file_refused_shows_code_and_line_only() -> None:
     error = FileRefused("COLUMNS_MISSING", 7, columns="diplomadatum")
     assert (str(error), error.code, error.line) == ("COLUMNS_MISSING line 7", "COLUMNS_MISSING", 7)
     assert error.problem.message == "In de kopregel (regel 7) ontbreken verplichte kolommen: diplomadatum."
+    assert error.problem.text("en") == "The header (line 7) lacks required columns: diplomadatum."
     copy = pickle.loads(pickle.dumps(error))
     assert (copy.code, copy.line, copy.problem) == (error.code, error.line, error.problem)
 

@@ -150,7 +150,7 @@ def form_errors(problems: list[Any], lang: str) -> tuple[dict[str, list[str]], l
     general: list[str] = []
     for problem in problems:
         field = FORM_FIELD.get(problem.field or "")
-        text = texts.message(problem.code, lang)
+        text = problem.text(lang)  # the message with its parameters (columns, line)
         if field:
             by_field.setdefault(field, []).append(text)
         else:

@@ -327,7 +327,7 @@ def loket_router(
             except ApiError as refused:
                 problem = refused.problems[0]
                 return loket.render(request, "upload.html", session, refused.status,
-                                    error=texts.message(problem.code, lang), code=problem.code,
+                                    error=problem.text(lang), code=problem.code,
                                     line=refused.line)
             log.info("loket_uploaded", institution=session.institution, batch_id=batch_id)
             return RedirectResponse(f"/loket/aanleveringen/{batch_id}", status_code=303)
