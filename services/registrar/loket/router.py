@@ -89,7 +89,7 @@ def loket_router(
             fields = None
             if form is not None:
                 same_origin(request)
-                fields = await (read_upload(request, session) if form == "multipart"
+                fields = await (read_upload(request) if form == "multipart"
                                 else read_form(request, FORM_LIMIT))
                 if not csrf_matches(session.csrf, fields.get("csrf")):
                     raise Refused(403, texts.pick(loket.lang(request), "Het formulier is verlopen: laad de "
@@ -99,8 +99,9 @@ def loket_router(
         except Refused as refusal:
             return loket.refused(request, refusal, session)
 
-    async def read_upload(request: Request, session: Session) -> dict[str, Any]:
-        """The upload form: its CSRF token first checked, the file spooled to the upload folder."""
+    async def read_upload(request: Request) -> dict[str, Any]:
+        """The upload form's fields, the file among them (spooled by the parser, capped at the upload
+        limit); nothing is imported before the caller has checked the CSRF token."""
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind != "multipart/form-data":
             raise Refused(415, "Send the form as multipart/form-data.")
@@ -196,7 +197,7 @@ def loket_router(
             except ApiError as refused:
                 errors, general = form_errors(refused.problems, loket.lang(request))
                 found = registrar.catalogue.find(values["sector"], values["opleidingscode"])
-                return registration_page(request, session, 422 if refused.status == 422 else refused.status,
+                return registration_page(request, session, refused.status,
                                          values=values, errors=errors, general=general,
                                          programme=found.name if found else None)
             log.info("loket_registered", institution=session.institution, result_id=answer["result_id"],
