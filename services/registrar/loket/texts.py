@@ -64,7 +64,10 @@ _RECEIVERS = {  # subscription -> what it means, in words: (Dutch, English) with
                 "downloaden.",
                 "Mijn diploma's received it on {date}: the student can download an extract of it."),
 }
+_NAMES = {"cibg-big": "CIBG", "mijnoverheid": "MijnOverheid", "extract": "Mijn diploma's"}
 _RECEIVER = ("{name} heeft dit resultaat op {date} ontvangen.", "{name} received this result on {date}.")
+_ACKNOWLEDGED = ("{name} heeft op {date} bevestigd dat het is verwerkt.",
+                 "{name} confirmed on {date} that it was processed.")
 _EXTRACT = ("De student heeft op {date} een uittreksel gedownload; dat blijft een geldig bewijs.",
             "The student downloaded an extract on {date}; it remains valid proof.")
 _NOBODY = ("Nog niemand heeft dit resultaat ontvangen: verwijderen raakt verder niemand.",
@@ -120,6 +123,9 @@ def impact_sentences(impact: dict[str, Any], lang: str) -> list[str]:
         template = _RECEIVERS.get(name, _RECEIVER)[index]
         day = long_date(datetime.fromisoformat(delivery["delivered_at"]), lang)
         said.append(template.format(name=name, date=day))
+        if delivery.get("acknowledged_at"):
+            day = long_date(datetime.fromisoformat(delivery["acknowledged_at"]), lang)
+            said.append(_ACKNOWLEDGED[index].format(name=_NAMES.get(name, name), date=day))
     for extract in impact["extracts"]:
         day = long_date(datetime.fromisoformat(extract["issued_at"]), lang)
         said.append(_EXTRACT[index].format(date=day))
