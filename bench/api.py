@@ -33,6 +33,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -89,17 +90,22 @@ async def client_loop(port: int, token: str, client: int, kind: str, deadline: f
 
 
 async def load(port: int, token: str, kind: str, clients: int, seconds: float,
-               first_client: int = 0) -> dict[str, float]:
+               first_client: int = 0) -> dict[str, Any]:
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     started = time.perf_counter()
     deadline = started + seconds
     await asyncio.gather(*(client_loop(port, token, first_client + c, kind, deadline, latencies, statuses)
                            for c in range(clients)))
-    elapsed = time.perf_counter() - started
+    return figures(latencies, time.perf_counter() - started, statuses)
+
+
+def figures(latencies: list[float], elapsed: float, statuses: dict[int, int]) -> dict[str, Any]:
+    """Throughput, p50 and p99 of one load (and its latencies, to combine rounds)."""
     cuts = statistics.quantiles(latencies, n=100)
     return {"requests": len(latencies), "per_second": len(latencies) / elapsed,
-            "p50_ms": cuts[49] * 1000, "p99_ms": cuts[98] * 1000, "statuses": statuses}
+            "p50_ms": cuts[49] * 1000, "p99_ms": cuts[98] * 1000, "statuses": statuses,
+            "latencies": latencies}
 
 
 def postgres_schema() -> tuple[str, str] | None:

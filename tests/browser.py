@@ -81,10 +81,10 @@ class Tab:
         never the page's text (which may hold a person number). ROD_TEST_AXE_ALL=1 lists the
         moderate and minor ones too (to look at, failing the test).
         """
-        from axe_playwright_python.sync_playwright import Axe
-
+        axe = pytest.importorskip("axe_playwright_python.sync_playwright",
+                                  reason="axe-playwright-python (the dev extras) is not installed")
         options = {"runOnly": {"type": "tag", "values": WCAG_21_AA}, "resultTypes": ["violations"]}
-        found = Axe().run(self.page, options=options).response["violations"]
+        found = axe.Axe().run(self.page, options=options).response["violations"]
         return [f"{v['id']} ({v['impact']}): {v['help']} -> "
                 + ", ".join(" ".join(node["target"]) for node in v["nodes"])
                 for v in found if v["impact"] in BLOCKING or os.environ.get("ROD_TEST_AXE_ALL")]
