@@ -8,7 +8,6 @@ and keep their info log.
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 
 import click
@@ -85,6 +84,7 @@ def up(ctx: click.Context, port: int, data_dir: str | None, wanted: tuple[str, .
     from services.audit.service import AuditService
     from services.distributor.loop import Distributor
     from services.extract.service import ExtractService
+    from services.kernel.consume import stop_on_signals
     from services.operations import metrics as operations_metrics
     from services.operations.actions import ActionLog
     from services.operations.overview import Monitor
@@ -105,12 +105,7 @@ def up(ctx: click.Context, port: int, data_dir: str | None, wanted: tuple[str, .
     stop = threading.Event()
     asked_to_stop = threading.Event()  # stop without this: a component ended by itself
 
-    def on_signal(*_: object) -> None:
-        asked_to_stop.set()
-        stop.set()
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, on_signal)
+    stop_on_signals(asked_to_stop, stop)
 
     broker = None
     bootstrap = settings.kafka_bootstrap

@@ -22,6 +22,7 @@ from services.kernel import kafka
 from services.kernel import logging as rod_logging
 from services.kernel.broker import BrokerUnavailable, resolve_bootstrap
 from services.kernel.codec import Codec, DecodeError
+from services.kernel.consume import stop_on_signals
 from services.kernel.identifiers import mask_person_number
 from services.kernel.settings import Settings
 from services.operations.cli import as_option, record_cli_action
@@ -74,10 +75,9 @@ def distribute(ctx: click.Context, solo: bool, until_idle: float | None) -> None
         settings, _bootstrap(settings), subscriptions=list(_subscriptions().values()), group=not solo
     )
     stop = threading.Event()
+    stop_on_signals(stop)
     try:
         distributor.run(stop, idle_exit=until_idle)
-    except KeyboardInterrupt:
-        pass
     finally:
         distributor.close()
 

@@ -14,6 +14,7 @@ step, so a quiet consumer still shows its position to operators.
 from __future__ import annotations
 
 import hashlib
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -260,6 +261,18 @@ class ConsumeLoop:
                 self.service.close()
                 if consumer is not None:
                     consumer.close(autocommit=False)
+
+
+def stop_on_signals(*events: threading.Event) -> None:
+    """SIGINT and SIGTERM set `events`: a running loop ends its step, commits and closes its
+    connections. (A KeyboardInterrupt raised inside the Kafka client could leave close() waiting.)"""
+
+    def on_signal(*_: object) -> None:
+        for event in events:
+            event.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, on_signal)
 
 
 def partitions_of(consumer: KafkaConsumer, topics: list[str], wait: float = 10.0) -> list[TopicPartition]:
