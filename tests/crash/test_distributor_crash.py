@@ -223,20 +223,27 @@ def test_two_distributors_one_killed_halfway_record_each_decision_once(
     survivor_log, victim_log = tmp_path / "survivor.log", tmp_path / "victim.log"
     survivor = _start(env, log=survivor_log)
     victim = _start(env, log=victim_log)
-    deadline = time.monotonic() + 90
-    while "distributor_partitions_taken" not in victim_log.read_text():  # both in the group now
-        assert victim.poll() is None and time.monotonic() < deadline, "the victim never held partitions"
-        time.sleep(0.05)
-    time.sleep(0.3)
-    assert _decisions(ledger)[0] < events * len(FEEDS), "all was decided before the victim could be killed"
-    _kill(victim)
-    LOG_SINK.write(victim_log.read_text())
-    while _decisions(ledger)[0] < events * len(FEEDS):  # the survivor takes the victim's partitions over
-        assert survivor.poll() is None and time.monotonic() < deadline + 60, "the survivor did not finish"
-        time.sleep(0.2)
-    _check_feeds(settings, store, ledger, events)
-    survivor.send_signal(signal.SIGINT)
-    survivor.communicate(timeout=60)
+    try:
+        deadline = time.monotonic() + 90
+        while "distributor_partitions_taken" not in victim_log.read_text():  # both in the group now
+            assert victim.poll() is None and time.monotonic() < deadline, "the victim never held partitions"
+            time.sleep(0.05)
+        time.sleep(0.3)
+        assert _decisions(ledger)[0] < events * len(FEEDS), "all was decided before the victim was killed"
+        _kill(victim)
+        LOG_SINK.write(victim_log.read_text())
+        while _decisions(ledger)[0] < events * len(FEEDS):  # the survivor takes the victim's partitions over
+            assert survivor.poll() is None and time.monotonic() < deadline + 60, "the survivor did not finish"
+            time.sleep(0.2)
+        _check_feeds(settings, store, ledger, events)
+        survivor.send_signal(signal.SIGINT)
+        survivor.communicate(timeout=60)
+        assert survivor.returncode == 0, "SIGINT did not stop the distributor cleanly"
+    finally:  # a failed check must not leave a distributor running into the next tests
+        for proc in (survivor, victim):
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
     LOG_SINK.write(survivor_log.read_text())
     taken = [
         json.loads(line)["partitions"]
