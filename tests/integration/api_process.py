@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import httpx
 
 from services.kernel.broker import free_port
-from tests.support import LOG_SINK
+from tests.support import LOG_SINK, drain_stderr, drained_stderr
 
 
 @contextmanager
@@ -25,6 +25,7 @@ def api_process(env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[str], st
         [sys.executable, "-m", "uvicorn", "--factory", "services.app:app_from_env",
          "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    drain_stderr(proc)  # its log is read as it comes: a full pipe would block the server
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -38,6 +39,7 @@ def api_process(env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[str], st
         yield proc, url
     finally:
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
+        out, err = proc.stdout.read() if proc.stdout else "", drained_stderr(proc)
         LOG_SINK.write(out + err)
     assert proc.returncode == 0, err[-2000:]

@@ -19,18 +19,21 @@ from services.audit.projection import Projection
 from services.kernel.broker import free_port
 from services.kernel.settings import Settings
 from tests.integration.distributor_support import CATALOGUE, FEEDS
-from tests.support import LOG_SINK, read_topic, run_rod, settings_env
+from tests.support import LOG_SINK, drain_stderr, drained_stderr, read_topic, run_rod, settings_env
 
 
 def _up(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     rod = Path(sys.executable).with_name("rod")
-    return subprocess.Popen([str(rod), "up", *args], env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([str(rod), "up", *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
+    drain_stderr(proc)  # read as it comes: a full pipe would block the process
+    return proc
 
 
 def _stop(proc: subprocess.Popen[str]) -> str:
     proc.send_signal(2)  # SIGINT, as Ctrl-C
-    out, err = proc.communicate(timeout=90)
+    proc.wait(timeout=90)
+    out, err = proc.stdout.read() if proc.stdout else "", drained_stderr(proc)
     LOG_SINK.write(out + err)
     assert proc.returncode == 0, err[-2000:]
     assert "stopped" in out
@@ -53,7 +56,7 @@ def test_front_door_distributor_and_audit_in_separate_processes_carry_a_registra
     try:
         deadline = time.monotonic() + 60
         while True:
-            ended = [p.stderr.read() for p in procs if p.poll() is not None and p.stderr]
+            ended = [drained_stderr(p) for p in procs if p.poll() is not None]
             assert not ended, ended
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
