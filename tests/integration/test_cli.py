@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import pytest
 import sqlalchemy
 
 from services.kernel.codec import Codec
@@ -83,6 +84,9 @@ def test_one_changed_payload_byte_breaks_verify_at_that_position(settings: Setti
     assert "BROKEN at position 2" in verdict.stdout
 
 
+# SQLite only: the end-to-end run of `rod up`; the relay publishing every stored event again from
+# PostgreSQL is test_relay.py's test_relay_publishes_again_when_the_broker_lost_its_data[postgres]
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_rod_up_restarted_publishes_every_stored_event_again(settings: Settings, tmp_path: Path) -> None:
     env = cli_env(settings)
     env.pop("ROD_KAFKA_BOOTSTRAP")  # `rod up` starts the local broker itself
