@@ -35,12 +35,14 @@ def topics(env: dict[str, str]) -> tuple[dict[str, Any], int]:
 
 def wait_for(
     env: dict[str, str], done: Callable[[dict[str, Any]], bool], timeout: float = 60
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], int]:
+    """The first reading (object and exit code) that is `done`: each reading is a `rod` process,
+    so the tests assert on the reading that ended the wait instead of taking another."""
     deadline = time.monotonic() + timeout
     while True:
-        view, _code = topics(env)
+        view, code = topics(env)
         if done(view):
-            return view
+            return view, code
         assert time.monotonic() < deadline, json.dumps(view)[-3000:]
         time.sleep(0.5)
 
@@ -110,12 +112,14 @@ def test_rod_topics_shows_counts_a_paused_subscription_and_a_stopped_distributor
     register(env, tmp_path, 0, 6)
     distributor = start_distributor(env)
     try:
-        # 6 registrations: cibg-big gets the 3 BIG ones, mijnoverheid and extract all 6
-        view = wait_for(
+        # 6 registrations: cibg-big gets the 3 BIG ones, mijnoverheid and extract all 6; and the
+        # distributor's group caught up and OK
+        view, _code = wait_for(
             env,
             lambda v: (
                 [s["delivered"] for s in v["subscriptions"]] == [3, 6, 6]
                 and all(s["pending"] == 0 for s in v["subscriptions"])
+                and group(v, settings)["lag"] == 0 and group(v, settings)["status"] == "OK"
             ),
         )
         assert_counts_match_feeds(settings, view)
@@ -126,7 +130,6 @@ def test_rod_topics_shows_counts_a_paused_subscription_and_a_stopped_distributor
         }
 
         # caught up, then nothing to read for longer than the window: OK, never STOPPED
-        wait_for(env, lambda v: group(v, settings)["lag"] == 0 and group(v, settings)["status"] == "OK")
         time.sleep(WINDOW + 1)
         view, code = topics(env)
         assert group(view, settings)["status"] == "OK"
@@ -136,10 +139,9 @@ def test_rod_topics_shows_counts_a_paused_subscription_and_a_stopped_distributor
         # a paused subscription: its pending is what was registered meanwhile, and it ages
         run_rod("subscription", "pause", "mijnoverheid", "--reason", "test", env=env, check=True)
         register(env, tmp_path, 6, 4)
-        view = wait_for(
+        first, code = wait_for(
             env, lambda v: subs(v)["extract"]["delivered"] == 10 and subs(v)["extract"]["pending"] == 0
         )
-        first, code = topics(env)
         paused = subs(first)["mijnoverheid"]
         assert paused["state"] == "paused"
         assert paused["pending"] == 4
@@ -158,33 +160,31 @@ def test_rod_topics_shows_counts_a_paused_subscription_and_a_stopped_distributor
 
         # resumed: it drains to 0 pending and all is OK again
         run_rod("subscription", "resume", "mijnoverheid", "--reason", "test", env=env, check=True)
-        view = wait_for(
+        view, _code = wait_for(
             env,
             lambda v: subs(v)["mijnoverheid"]["pending"] == 0 and subs(v)["mijnoverheid"]["delivered"] == 10,
         )
         assert subs(view)["mijnoverheid"]["state"] == "running"
         assert subs(view)["mijnoverheid"]["pending_age_seconds"] is None
         assert_counts_match_feeds(settings, view)
-        view = wait_for(
+        view, code = wait_for(
             env, lambda v: group(v, settings)["status"] == "OK" and group(v, settings)["lag"] == 0
         )
-        _view, code = topics(env)
-        assert code == 0, _view
+        assert code == 0, view
     finally:
         distributor.send_signal(signal.SIGKILL)
         distributor.wait(30)
 
     # the distributor is gone: its group is STOPPED, and its lag is shown and grows
     register(env, tmp_path, 10, 3)
-    view = wait_for(env, lambda v: group(v, settings)["status"] == "STOPPED", timeout=30)
+    view, _code = wait_for(env, lambda v: group(v, settings)["status"] == "STOPPED", timeout=30)
     assert group(view, settings)["lag"] == 3
     assert all(s["pending"] == 3 and s["pending_age_seconds"] is not None for s in view["subscriptions"])
     register(env, tmp_path, 13, 2)
     # judged over a window: a reading may still say LAGGING for a moment (seen here, unexplained)
     stopped = lambda v: group(v, settings)["status"] == "STOPPED" and group(v, settings)["lag"] == 5  # noqa: E731
-    view = wait_for(env, stopped, timeout=30)
+    view, code = wait_for(env, stopped, timeout=30)
     assert sum(p["lag"] for p in group(view, settings)["partitions"]) == 5
-    _view, code = topics(env)
     assert code == 1
     deadline = time.monotonic() + 30
     while "STOPPED" not in (text := run_rod("topics", env=env)).stdout:
