@@ -207,13 +207,14 @@ class TokenMarks:
 
 class RecentTokens:
     """What a token hash resolved to, reused for `ttl` seconds: a known token is not looked up in
-    the database on every request (institution and consumer tokens alike). With `marks`, a
-    revoked token is never found and a remembered one counts only under the newest revocation
-    generation."""
+    the database on every request (institution and consumer tokens alike, and the Loket's
+    sessions). With `marks`, a revoked token is never found and a remembered one counts only
+    under the newest revocation generation. At most `size` are remembered (the oldest go first)."""
 
-    def __init__(self, ttl: float = 60.0, marks: TokenMarks | None = None) -> None:
+    def __init__(self, ttl: float = 60.0, marks: TokenMarks | None = None, size: int = 10_000) -> None:
         self.ttl = ttl
         self.marks = marks
+        self.size = size
         self._known: dict[str, tuple[Any, float, int]] = {}
         self._lock = threading.Lock()
 
@@ -247,6 +248,19 @@ class RecentTokens:
         self.remember(digest, found, generation)
         return found
 
-    def remember(self, digest: str, principal: Any, generation: int = 0) -> None:
+    def remember(self, digest: str, principal: Any, generation: int = 0, ttl: float | None = None) -> None:
+        """Remember `principal` for `ttl` seconds (at most the book's `ttl`) under `generation`."""
+        moment = time.monotonic()
         with self._lock:
-            self._known[digest] = (principal, time.monotonic() + self.ttl, generation)
+            if digest not in self._known and len(self._known) >= self.size:
+                self._known = {k: hit for k, hit in self._known.items() if hit[1] > moment}
+                while len(self._known) >= self.size:  # still full: the oldest go
+                    del self._known[next(iter(self._known))]
+            self._known.pop(digest, None)  # a renewed one goes to the back of the line
+            self._known[digest] = (principal, moment + min(self.ttl, self.ttl if ttl is None else ttl),
+                                   generation)
+
+    def forget(self, digest: str) -> None:
+        """No longer remember `digest` (a session ended in this process)."""
+        with self._lock:
+            self._known.pop(digest, None)

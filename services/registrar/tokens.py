@@ -41,7 +41,8 @@ class TokenBook:
 
     def __init__(self, engine: Engine, ttl: float = 60.0) -> None:
         self.engine = engine
-        self.recent = RecentTokens(ttl, institution_tokens(engine))
+        self.marks = institution_tokens(engine)  # the Loket's sessions use the same generation reads
+        self.recent = RecentTokens(ttl, self.marks)
 
     def cached(self, token: str) -> str | None:
         return self.recent.get(token)

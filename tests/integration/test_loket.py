@@ -22,12 +22,13 @@ from services.distributor.ledger import Ledger
 from services.kernel import kafka
 from services.kernel.codec import Codec
 from services.kernel.settings import Settings
-from services.kernel.tokens import hash_token
+from services.kernel.tokens import FRESH_SECONDS, hash_token
 from services.operations.identity import add_operator
 from services.operations.store import OperationsStore
 from services.registrar.catalogue import Catalogue
 from services.registrar.commands import Registrar
 from services.registrar.impact import DELIVERIES_TOPIC, EXTRACTS_TOPIC, ImpactReader
+from services.registrar.loket.sessions import SessionBook
 from services.registrar.store import EventStore, diplomas
 from services.registrar.tokens import institution_tokens, rotate_token
 from tests.fixtures.bulkfiles import sample_row, write_csv, write_xml
@@ -293,6 +294,31 @@ def test_a_revoked_or_rotated_token_ends_its_sessions(api: RunningApi) -> None:
         assert theirs.get("/loket/resultaten").status_code == 303
         assert theirs.post("/loket/login", data={"token": fresh}).status_code == 303
         assert theirs.get("/loket/resultaten").status_code == 200
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_session_is_remembered_a_second_at_most_a_logout_forgets_it_at_once_and_memory_is_bounded(
+    api: RunningApi,
+) -> None:
+    engine = api.api.registrar.store.engine
+    here, there = (SessionBook(engine, institution_tokens(engine)) for _ in range(2))  # two processes
+    opened = here.start("25BE", api.tokens["25BE"])
+    session = here.find(opened)
+    assert session is not None and here.remembered(opened) == session  # no database the next time
+    there.end(session)  # another process logs it out: the row is gone, this one trusts it briefly
+    assert here.find(opened) is None and here.remembered(opened) == session
+    time.sleep(FRESH_SECONDS)
+    assert here.remembered(opened) is None
+    again = here.start("25BE", api.tokens["25BE"])
+    session = here.find(again)
+    assert session is not None and here.remembered(again) == session
+    here.end(session)  # a logout in this process: forgotten at once
+    assert here.remembered(again) is None and here.find(again) is None
+    here.recent.size = 2
+    opened = [here.start("25BE", api.tokens["25BE"]) for _ in range(3)]
+    assert all(here.find(one) for one in opened)
+    assert len(here.recent._known) == 2 and here.remembered(opened[0]) is None
+    assert here.remembered(opened[1]) and here.remembered(opened[2])
 
 
 def test_an_upload_shows_its_summary_the_paged_feedback_the_rejected_filter_and_the_csv(

@@ -86,7 +86,7 @@ class Loket:
         self.shelf = shelf
         self.upload_dir = upload_dir
         self.upload_limit = upload_limit
-        self.sessions = SessionBook(registrar.store.engine)
+        self.sessions = SessionBook(registrar.store.engine, tokens.marks)
         self.codec = Codec()
         self.templates = Environment(loader=FileSystemLoader(TEMPLATES),
                                      autoescape=select_autoescape(["html"]))

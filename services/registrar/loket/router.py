@@ -81,7 +81,8 @@ def loket_router(
     async def guarded(request: Request, work: Work, form: str | None = None) -> Response:
         """Run `work` for the request's session: no session goes to the login page; a POST
         (`form` "urlencoded" or "multipart") must be same-origin and carry the session's CSRF token."""
-        session = await run_in_threadpool(loket.sessions.find, request.cookies.get(COOKIE))
+        cookie = request.cookies.get(COOKIE)
+        session = loket.sessions.remembered(cookie) or await run_in_threadpool(loket.sessions.find, cookie)
         if session is None:
             return RedirectResponse("/loket/login", status_code=303)
         request.state.institution = session.institution  # the access line names who asked
