@@ -239,9 +239,11 @@ class Console:
 
     def facts(self) -> dict[str, Any]:
         """Every section of the page; one that cannot be read says so instead of failing the page."""
-        out: dict[str, Any] = {}
-        for key, read in (("overview", self._overview), ("deadletters", self._open_deadletters),
-                          ("verification", self._verification), ("reports", self._reports)):
+        broker = self.bootstrap()
+        out: dict[str, Any] = {"broker_unknown": broker is None}
+        for key, read in (("overview", lambda: self._overview(broker)),
+                          ("deadletters", self._open_deadletters), ("verification", self._verification),
+                          ("reports", self._reports)):
             try:
                 out[key] = read()
             except Exception as exc:  # noqa: BLE001 - one section down must not hide the others
@@ -265,12 +267,15 @@ class Console:
         return [{"name": s.name, "state": "paused" if states[s.name].paused else "running",
                  **counts.get(s.name, {})} for s in configured if s.name in states]
 
-    def _overview(self) -> dict[str, Any] | None:
+    def _overview(self, broker: str | None) -> dict[str, Any] | None:
+        """The chain overview, or None (no broker known: the page says so)."""
+        if broker is None:
+            return None
         try:
             from services.operations import overview
         except ImportError:
             return None
-        return overview.gather(self.settings, self.bootstrap())
+        return overview.gather(self.settings, broker)
 
     def _open_deadletters(self) -> list[dict[str, Any]]:
         from services.operations import deadletters

@@ -32,7 +32,7 @@ from services.registrar.relay import Relay
 from services.registrar.store import EventStore
 from tests import browser
 from tests.integration.apiserver import RunningApi, registration, running_api
-from tests.support import PERSON_NUMBERS, read_topic, run_rod, settings_env
+from tests.support import LOG_SINK, PERSON_NUMBERS, read_topic, run_rod, settings_env
 
 FORM = "application/x-www-form-urlencoded"
 
@@ -275,6 +275,28 @@ def test_the_console_shows_the_last_verify_and_reports_and_no_person_number(ops:
     assert "chain intact</span> up to position 4" in page.text
     assert f"<td>{period}</td>" in page.text and "<td>25BE</td>" in page.text  # the reports just published
     assert not [n for n in PERSON_NUMBERS if n in page.text]
+
+
+def test_without_a_broker_address_the_overview_says_no_broker_is_known_and_logs_no_error(
+    tmp_path: Path,
+) -> None:
+    settings = Settings.from_env({  # no ROD_KAFKA_BOOTSTRAP, and no address `rod up` wrote
+        "ROD_DATA_DIR": str(tmp_path / "var"), "ROD_DATABASE_URL": f"sqlite:///{tmp_path / 'rod.db'}",
+    })
+    operations = OperationsStore(settings.database_urls["operations"])
+    token = add_operator(operations, "alice", "test")
+    operations.dispose()
+    start = len(LOG_SINK.parts)
+    with running_api(settings) as api, httpx.Client(
+        base_url=api.url, headers={"Authorization": f"Bearer {token}"}, timeout=60
+    ) as operator:
+        page = operator.get("/ops")
+    assert page.status_code == 200
+    assert re.search(r'<p class="note" id="broker-unknown">No broker is known', page.text)
+    assert 'class="problem"' not in page.text  # no section failed
+    logged = "".join(LOG_SINK.parts[start:])
+    assert '"route": "/ops"' in logged  # the sink took this app's lines
+    assert "console_section_failed" not in logged and "TypeError" not in logged
 
 
 def test_the_console_in_headless_chromium_logs_in_shows_the_chain_and_pauses_and_resumes(ops: Ops) -> None:
