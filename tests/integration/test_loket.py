@@ -352,9 +352,19 @@ def test_an_upload_shows_its_summary_the_paged_feedback_the_rejected_filter_and_
             int(r)
             for r, _ in re.findall(r'<tr><td class="n">(\d+)</td><td class="n">(\d+)</td>', following.text)
         ] == list(range(51, 61))
+        assert f'href="/loket/aanleveringen/{batch_id}?na=50&amp;lang=en" lang="en">English' in following.text
         rejected = client.get(batch_page, params={"afgekeurd": "1"})
         shown = re.findall(r'<tr><td class="n">(\d+)</td>', rejected.text)
         assert shown == ["4", "18", "56"] and "outcome-accepted" not in rejected.text
+        english = re.search(r'href="([^"]+)" lang="en">English</a>', rejected.text).group(1)
+        english = english.replace("&amp;", "&")
+        assert english == f"{batch_page}?afgekeurd=1&lang=en"  # the filter kept, only the language set
+        in_english = client.get(english)
+        assert re.findall(r'<tr><td class="n">(\d+)</td>', in_english.text) == shown
+        assert "Show all records" in in_english.text
+        dutch = re.search(r'href="([^"]+)" lang="nl">Nederlands', in_english.text).group(1)
+        assert dutch == f"{batch_page}?afgekeurd=1&amp;lang=nl"
+        client.get(dutch.replace("&amp;", "&"))  # back to Dutch
 
         feedback = client.get(f"/loket/aanleveringen/{batch_id}/terugkoppeling.csv")
         assert feedback.status_code == 200 and feedback.headers["content-type"].startswith("text/csv")
@@ -436,8 +446,12 @@ def test_results_are_found_by_diploma_number_and_paged_newest_first(api: Running
         assert page.status_code == 200 and f"/loket/resultaten/{mine[3]}" in page.text
         assert all(f"/loket/resultaten/{other}" not in page.text for other in mine if other != mine[3])
         assert "******333" in page.text and "111222333" not in page.text
+        assert 'href="/loket/resultaten?diplomavolgnummer=N-3&amp;lang=en" lang="en">English' in page.text
         everything = client.get("/loket/resultaten")
         assert all(f"/loket/resultaten/{r}" in everything.text for r in mine)
+        later = client.get("/loket/resultaten", params={"voor": mine[2], "lang": "en"})
+        assert f'href="/loket/resultaten?voor={mine[2]}&amp;lang=nl" lang="nl">Nederlands' in later.text
+        client.get("/loket", params={"lang": "nl"})
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 60) -> None:

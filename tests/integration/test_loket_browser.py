@@ -165,6 +165,12 @@ def test_the_loket_in_headless_chromium_from_login_to_the_deletion_report(
         walk.follow("Alleen afgekeurde records tonen")
         assert [r.split("\t")[0] for r in page.locator("#feedback tbody tr").all_inner_texts()] == ["3", "5"]
         walk.seen("batch-rejected")
+        walk.follow("English")  # the filter is kept, only the language changes
+        assert page.url.endswith("?afgekeurd=1&lang=en"), page.url
+        assert [r.split("\t")[0] for r in page.locator("#feedback tbody tr").all_inner_texts()] == ["3", "5"]
+        walk.follow("Nederlands")
+        assert page.url.endswith("?afgekeurd=1&lang=nl"), page.url
+        assert page.locator("html").get_attribute("lang") == "nl"
         with page.expect_download() as downloading:
             page.get_by_role("link", name="Terugkoppeling downloaden (CSV)").click()
         feedback = Path(downloading.value.path()).read_text(encoding="utf-8-sig")

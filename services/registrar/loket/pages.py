@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlencode
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse, Response
@@ -64,9 +65,14 @@ class Page:
     lang: str
     session: Session | None
     path: str
+    query: tuple[tuple[str, str], ...] = ()
 
     def tr(self, dutch: str, english: str) -> str:
         return texts.pick(self.lang, dutch, english)
+
+    def in_language(self, lang: str) -> str:
+        """This page in `lang`: the same path and query (search, paging, filter), only `lang` set."""
+        return f"{self.path}?{urlencode([*((k, v) for k, v in self.query if k != 'lang'), ('lang', lang)])}"
 
 
 class Loket:
@@ -101,7 +107,7 @@ class Loket:
 
     def render(self, request: Request, name: str, session: Session | None, status: int = 200,
                **values: Any) -> HTMLResponse:
-        page = Page(self.lang(request), session, request.url.path)
+        page = Page(self.lang(request), session, request.url.path, tuple(request.query_params.multi_items()))
         html = self.templates.get_template(name).render(css=self.css, page=page, tr=page.tr, lang=page.lang,
                                                         **values)
         response = HTMLResponse(html, status_code=status, headers=page_headers(self.policy))
