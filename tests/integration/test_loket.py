@@ -446,11 +446,14 @@ def test_results_are_found_by_diploma_number_and_paged_newest_first(api: Running
         assert page.status_code == 200 and f"/loket/resultaten/{mine[3]}" in page.text
         assert all(f"/loket/resultaten/{other}" not in page.text for other in mine if other != mine[3])
         assert "******333" in page.text and "111222333" not in page.text
+        assert '<time datetime="2026-07-01">1 juli 2026</time>' in page.text  # as the result page says it
+        assert "<td>2026-07-01" not in page.text
         assert 'href="/loket/resultaten?diplomavolgnummer=N-3&amp;lang=en" lang="en">English' in page.text
         everything = client.get("/loket/resultaten")
         assert all(f"/loket/resultaten/{r}" in everything.text for r in mine)
         later = client.get("/loket/resultaten", params={"voor": mine[2], "lang": "en"})
         assert f'href="/loket/resultaten?voor={mine[2]}&amp;lang=nl" lang="nl">Nederlands' in later.text
+        assert '<time datetime="2026-07-01">1 July 2026</time>' in later.text
         client.get("/loket", params={"lang": "nl"})
 
 

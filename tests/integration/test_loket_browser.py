@@ -186,6 +186,8 @@ def test_the_loket_in_headless_chromium_from_login_to_the_deletion_report(
         walk.seen("results-found")
         found = page.locator("main table tbody tr")
         assert found.count() == 1 and "Geregistreerd" in found.inner_text()
+        assert found.locator("time").get_attribute("datetime") == "2026-07-01"
+        assert found.locator("time").inner_text() == "1 juli 2026"  # as the result page spells it
         walk.follow("HAND-1")
         assert page.url == f"{system.url}/loket/resultaten/{result_id}"
         walk.seen("result")
