@@ -345,6 +345,8 @@ def test_an_upload_shows_its_summary_the_paged_feedback_the_rejected_filter_and_
         assert summary["Verwerkt"] == "57" and summary["Afgekeurd"] == "3"
         records = re.findall(r'<tr><td class="n">(\d+)</td><td class="n">(\d+)</td>', first.text)
         assert [int(r) for r, _line in records] == list(range(1, 51))  # one page of 50
+        named = re.findall(r'>resultaat<span class="vh"> van record (\d+)</span></a>', first.text)
+        assert named == [str(r) for r in range(1, 51) if r not in (4, 18)]  # a name of its own each
         assert ("4", "5") in records  # record 4 is on line 5 (after the header)
         assert "BSN_INVALID</code>: Het BSN is ongeldig" in first.text
         following = client.get(re.search(r'href="([^"]+na=50)"', first.text).group(1).replace("&amp;", "&"))

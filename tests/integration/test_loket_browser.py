@@ -161,6 +161,9 @@ def test_the_loket_in_headless_chromium_from_login_to_the_deletion_report(
         rows = page.locator("#feedback tbody tr")
         assert rows.count() == 5
         assert "BSN_INVALID" in rows.nth(2).inner_text() and "afgekeurd" in rows.nth(2).inner_text()
+        for record in (1, 2, 4):  # each result link has a name of its own for a screen reader
+            assert page.get_by_role("link", name=f"resultaat van record {record}", exact=True).count() == 1
+        assert page.get_by_role("link", name="resultaat", exact=True).count() == 0
         walk.seen("batch")
         walk.follow("Alleen afgekeurde records tonen")
         assert [r.split("\t")[0] for r in page.locator("#feedback tbody tr").all_inner_texts()] == ["3", "5"]
