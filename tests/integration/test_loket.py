@@ -28,7 +28,9 @@ from services.operations.store import OperationsStore
 from services.registrar.catalogue import Catalogue
 from services.registrar.commands import Registrar
 from services.registrar.impact import DELIVERIES_TOPIC, EXTRACTS_TOPIC, ImpactReader
-from services.registrar.loket.sessions import SessionBook
+from services.registrar.loket.pages import FIELDS, Page, environment
+from services.registrar.loket.sessions import Session, SessionBook
+from services.registrar.rules import SECTORS
 from services.registrar.store import EventStore, diplomas
 from services.registrar.tokens import institution_tokens, rotate_token
 from tests.fixtures.bulkfiles import sample_row, write_csv, write_xml
@@ -83,7 +85,10 @@ def form(csrf: str, **changes: str) -> dict[str, str]:
 
 
 def field_errors(html: str) -> dict[str, str]:
-    return dict(re.findall(r'class="field-error" id="([a-z]+)-error"[^>]*>([^<]+)<', html))
+    """Each field's error container (one per field) and its messages, joined by " | "."""
+    found = re.findall(r'class="field-error" id="([a-z]+)-error"[^>]*>(.*?)</div>', html)
+    assert len({name for name, _ in found}) == len(found), "one error container per field"
+    return {name: " | ".join(re.findall(r"<p>([^<]+)</p>", inner)) for name, inner in found}
 
 
 def result_id_of(answer: httpx.Response) -> str:
@@ -457,6 +462,23 @@ def test_results_are_found_by_diploma_number_and_paged_newest_first(api: Running
         assert f'href="/loket/resultaten?voor={mine[2]}&amp;lang=nl" lang="nl">Nederlands' in later.text
         assert '<time datetime="2026-07-01">1 July 2026</time>' in later.text
         client.get("/loket", params={"lang": "nl"})
+
+
+def test_a_field_with_several_errors_has_one_error_container_that_its_control_is_described_by() -> None:
+    """The form's fields (the macro's and the sector select): every message of a field in one
+    element with a unique id, which aria-describedby names (the rules give one error per field
+    today, the API's problem list allows more)."""
+    page = Page("nl", Session("25BE", "0" * 64, "c" * 64), "/loket/registreren")
+    errors = {"bsn": ["Eerste melding.", "Tweede melding."], "sector": ["Kies een sector.", "Nog een."]}
+    html = environment().get_template("register.html").render(
+        css="", page=page, tr=page.tr, lang="nl", sectors=SECTORS, fields=FIELDS, values={}, errors=errors,
+        general=[], programme=None)
+    ids = re.findall(r'\bid="([^"]+)"', html)
+    assert len(ids) == len(set(ids)), sorted(i for i in ids if ids.count(i) > 1)
+    assert field_errors(html) == {"bsn": "Eerste melding. | Tweede melding.",
+                                  "sector": "Kies een sector. | Nog een."}
+    for name in ("bsn", "sector"):
+        assert re.search(rf'id="{name}"[^>]*aria-describedby="{name}-hint {name}-error"', html, re.S), name
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 60) -> None:

@@ -75,6 +75,14 @@ class Page:
         return f"{self.path}?{urlencode([*((k, v) for k, v in self.query if k != 'lang'), ('lang', lang)])}"
 
 
+def environment() -> Environment:
+    """The Loket's templates with the helpers they call."""
+    templates = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]))
+    templates.globals.update(mask=mask_person_number, long_date=texts.long_date, moment=texts.moment,
+                             message=texts.message, reason_name=texts.reason_name)
+    return templates
+
+
 class Loket:
     """The Loket's stores, templates and checks."""
 
@@ -94,10 +102,7 @@ class Loket:
         self.upload_limit = upload_limit
         self.sessions = SessionBook(registrar.store.engine, tokens.marks)
         self.codec = Codec()
-        self.templates = Environment(loader=FileSystemLoader(TEMPLATES),
-                                     autoescape=select_autoescape(["html"]))
-        self.templates.globals.update(mask=mask_person_number, long_date=texts.long_date, moment=texts.moment,
-                                      message=texts.message, reason_name=texts.reason_name)
+        self.templates = environment()
         self.css = (TEMPLATES / "loket.css").read_text()
         self.policy = page_policy(self.css)
 
