@@ -113,6 +113,7 @@ def test_rod_up_restarted_publishes_every_stored_event_again(settings: Settings,
         stop_rod_up(proc)
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # refused before any database is opened
 def test_rod_up_refuses_a_taken_port_and_says_which(settings: Settings) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
