@@ -19,6 +19,7 @@ import sys
 import time
 import tomllib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,13 +123,19 @@ class Guide:
         block = self.blocks[name]
         assert block.lang == "python", name
         self.ran.add(name)
-        script = self.workdir / f"{name}.py"
-        script.write_text(block.body + "\n")
-        proc = subprocess.run([sys.executable, "-I", str(script)], cwd=self.workdir,
+        proc = subprocess.run([sys.executable, "-I", str(self.script(name))], cwd=self.workdir,
                               env=self._env(env, rod=False), capture_output=True, text=True, timeout=90)
         if check:
             assert proc.returncode == 0, f"{name} exited {proc.returncode}: {proc.stderr[-3000:]}"
         return proc
+
+    def script(self, name: str) -> Path:
+        """The program's file, written when it is not there yet as the guide has it (so several
+        runs at once never see it half written)."""
+        script, text = self.workdir / f"{name}.py", self.blocks[name].body + "\n"
+        if not script.exists() or script.read_text() != text:
+            script.write_text(text)
+        return script
 
     def sh(self, name: str, **env: str) -> subprocess.CompletedProcess[str]:
         """A shell block of the guide (curl, or the operator's rod) with bash."""
@@ -250,8 +257,17 @@ def _read_and_acknowledge(guide: Guide, host: str, bootstrap: str, registrar: ht
     # --- the Kafka reader: each feed holds what its subscription is entitled to
     seen = guide.workdir / "seen-cibg.txt"
     cibg_topic = f"{PREFIX}rod.feed.cibg-big.v1"
-    cibg = guide.python("kafka-reader", TOPIC=cibg_topic, SEEN_FILE=str(seen), **kafka_env)
-    lines, new, repeats = reader_lines(cibg)
+    seen_files = {"cibg-big": seen, "mijnoverheid": guide.workdir / "seen-mijnoverheid.txt",
+                  "extract": guide.workdir / "seen-extract.txt"}
+
+    def read_feed(name: str) -> subprocess.CompletedProcess[str]:
+        return guide.python("kafka-reader", TOPIC=f"{PREFIX}rod.feed.{name}.v1",
+                            SEEN_FILE=str(seen_files[name]), **kafka_env)
+
+    guide.script("kafka-reader")
+    with ThreadPoolExecutor(len(seen_files)) as pool:  # three organisations, each its own reader
+        read = dict(zip(seen_files, pool.map(read_feed, seen_files), strict=True))
+    lines, new, repeats = reader_lines(read["cibg-big"])
     assert (new, repeats) == (4, 0)
     deliveries = {line[2]: line[1] for line in lines if line[0] == "DELIVERY"}
     assert set(deliveries) == set(big)  # the law degree is not CIBG's
@@ -266,9 +282,7 @@ def _read_and_acknowledge(guide: Guide, host: str, bootstrap: str, registrar: ht
     assert all(READER_LINE.match(line) for line in example[:-1]) and READER_SUMMARY.match(example[-1])
 
     for name in ("mijnoverheid", "extract"):  # every BSN result / every result, the law degree too
-        other = guide.python("kafka-reader", TOPIC=f"{PREFIX}rod.feed.{name}.v1",
-                             SEEN_FILE=str(guide.workdir / f"seen-{name}.txt"), **kafka_env)
-        lines_other, new, _ = reader_lines(other)
+        lines_other, new, _ = reader_lines(read[name])
         assert new == 5 and {line[2] for line in lines_other} == {*big, law}, name
 
     # --- the wire format: Avro's test vector, and the first ten bytes of a real cibg-big message
