@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from urllib.parse import parse_qs
 
-from fastapi import Request
+from fastapi import Request, Response
 
 from services.kernel.text import is_unicode
 
@@ -104,3 +104,15 @@ def page_headers(policy: str) -> dict[str, str]:
     """The headers of every page that may show personal data."""
     return {"content-security-policy": policy, "x-content-type-options": "nosniff",
             "x-frame-options": "DENY", "cache-control": "no-store", "referrer-policy": "same-origin"}
+
+
+def set_private_cookie(request: Request, response: Response, name: str, value: str, path: str,
+                       max_age: int) -> None:
+    """A cookie only this site's pages under `path` get: HttpOnly, SameSite=Strict, Secure on https."""
+    response.set_cookie(name, value, max_age=max_age, path=path, httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https")
+
+
+def drop_private_cookie(response: Response, name: str, path: str) -> None:
+    """Tell the browser to forget a cookie set_private_cookie set."""
+    response.delete_cookie(name, path=path, httponly=True, samesite="strict")

@@ -46,12 +46,14 @@ from services.kernel.web import (
     Refused,
     aware,
     csrf_matches,
+    drop_private_cookie,
     hash_id,
     new_id,
     page_headers,
     page_policy,
     read_form,
     same_origin,
+    set_private_cookie,
 )
 from services.kernel.web import now as _now
 from services.operations.actions import ActionLog
@@ -441,8 +443,7 @@ def console_router(
         session_id = await run_in_threadpool(console.start_session, name)
         log.info("operator_logged_in", operator=name)
         response = RedirectResponse("/ops", status_code=303)
-        response.set_cookie(COOKIE, session_id, max_age=SESSION_HOURS * 3600, path="/ops", httponly=True,
-                            samesite="strict", secure=request.url.scheme == "https")
+        set_private_cookie(request, response, COOKIE, session_id, "/ops", SESSION_HOURS * 3600)
         return response
 
     @router.post("/ops/logout")
@@ -456,7 +457,7 @@ def console_router(
             return refused(refusal)
         await run_in_threadpool(console.end_session, operator)
         response = RedirectResponse("/ops/login", status_code=303)
-        response.delete_cookie(COOKIE, path="/ops", httponly=True, samesite="strict")
+        drop_private_cookie(response, COOKIE, "/ops")
         return response
 
     @router.get("/ops")

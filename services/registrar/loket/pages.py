@@ -16,7 +16,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from services.kernel.codec import Codec
 from services.kernel.identifiers import mask_person_number
 from services.kernel.throttle import FailedLogins, client_address, retry_after
-from services.kernel.web import Refused, page_headers, page_policy
+from services.kernel.web import Refused, page_headers, page_policy, set_private_cookie
 from services.registrar.api import ApiError, event_view, owned_result
 from services.registrar.batches import BatchStore
 from services.registrar.commands import Registrar
@@ -118,8 +118,7 @@ class Loket:
         response = HTMLResponse(html, status_code=status, headers=page_headers(self.policy))
         asked = request.query_params.get("lang")
         if asked in texts.LANGUAGES:  # the choice is kept for the next pages and forms
-            response.set_cookie(LANG_COOKIE, asked, max_age=365 * 86400, path="/loket", httponly=True,
-                                samesite="strict", secure=request.url.scheme == "https")
+            set_private_cookie(request, response, LANG_COOKIE, asked, "/loket", 365 * 86400)
         return response
 
     def refused(self, request: Request, refusal: Refused, session: Session | None = None) -> Response:

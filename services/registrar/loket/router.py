@@ -29,8 +29,10 @@ from services.kernel.web import (
     capped_body,
     check_text,
     csrf_matches,
+    drop_private_cookie,
     read_form,
     same_origin,
+    set_private_cookie,
 )
 from services.registrar.api import (
     UPLOAD_LIMIT,
@@ -149,8 +151,7 @@ def loket_router(
         session_id = await run_in_threadpool(loket.sessions.start, institution, token)
         log.info("loket_logged_in", institution=institution)
         response = RedirectResponse("/loket", status_code=303)
-        response.set_cookie(COOKIE, session_id, max_age=SESSION_HOURS * 3600, path="/loket", httponly=True,
-                            samesite="strict", secure=request.url.scheme == "https")
+        set_private_cookie(request, response, COOKIE, session_id, "/loket", SESSION_HOURS * 3600)
         return response
 
     @router.post("/loket/logout")
@@ -158,7 +159,7 @@ def loket_router(
         async def work(session: Session, _form: Any) -> Response:
             await run_in_threadpool(loket.sessions.end, session)
             response = RedirectResponse("/loket/login", status_code=303)
-            response.delete_cookie(COOKIE, path="/loket", httponly=True, samesite="strict")
+            drop_private_cookie(response, COOKIE, "/loket")
             return response
         return await guarded(request, work, "urlencoded")
 
