@@ -23,6 +23,7 @@ nothing from `services`.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -232,11 +233,16 @@ class Scan:
     deadletters_decoded: int = 0
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    # (base topic, BLAKE2b-128 of the bytes) -> (record name, problem): the same bytes on the same
+    # topic decode the same, so a message sent again (a relay or a feed after a kill, a replay)
+    # is decoded once and counted each time
+    verdicts: dict[tuple[str, bytes], tuple[str, str | None]] = field(default_factory=dict, repr=False)
 
     def summary(self) -> str:
         return (
             f"wire format: {self.decoded} messages on {self.topics} rodchain topics decoded by the "
             f"independent reader ({', '.join(f'{n} {r}' for r, n in sorted(self.by_record.items()))}); "
+            f"{len(self.verdicts)} distinct values decoded, once each; "
             f"{self.deadletters} dead letters ({self.deadletters_decoded} of them decodable), "
             f"{self.excused} refused that the system dead-lettered too (test poison); "
             f"{len(self.problems)} problems; {self.seconds:.1f} s"
@@ -336,13 +342,25 @@ def _take(reader: Reader, tp: Any, record: Any, scan: Scan, failed: list, origin
 def _check(reader: Reader, base: str, value: bytes | None, scan: Scan) -> str | None:
     if value is None:
         return "no value (a tombstone)"
-    try:
-        name, _record = reader.read(value)
-    except WireError as error:
-        return str(error)
-    allowed = TOPIC_RECORDS.get(base)
-    if allowed is not None and name not in allowed:
-        return f"a {name}, which {base} does not carry"
+    key = (base, hashlib.blake2b(value, digest_size=16).digest())
+    verdict = scan.verdicts.get(key)
+    if verdict is None:
+        verdict = scan.verdicts[key] = _verdict(reader, base, value)
+    name, problem = verdict
+    if problem:
+        return problem
     scan.decoded += 1
     scan.by_record[name] += 1
     return None
+
+
+def _verdict(reader: Reader, base: str, value: bytes) -> tuple[str, str | None]:
+    """(record name, None) for a message `base` may carry, else (name or "", the problem)."""
+    try:
+        name, _record = reader.read(value)
+    except WireError as error:
+        return "", str(error)
+    allowed = TOPIC_RECORDS.get(base)
+    if allowed is not None and name not in allowed:
+        return name, f"a {name}, which {base} does not carry"
+    return name, None

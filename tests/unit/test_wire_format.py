@@ -24,7 +24,9 @@ from fastavro.schema import to_parsing_canonical_form
 from tests.independent_avro import (
     SCHEMA_DIR,
     Reader,
+    Scan,
     WireError,
+    _check,
     base_name,
     canonical_form,
     crc64_avro,
@@ -208,3 +210,18 @@ def test_the_fixture_script_writes_the_stored_samples_byte_for_byte() -> None:
     script = ROOT / "tests" / "fixtures" / "make_avro_fixtures.py"
     done = subprocess.run([sys.executable, str(script), "--check"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_broker_scan_decodes_a_message_sent_again_once_and_counts_it_each_time(reader: Reader) -> None:
+    registered = (FIXTURES / "ResultRegistered.v1.bin").read_bytes()
+    broken = registered[:-1]
+    scan = Scan()
+    assert [_check(reader, "rod.results.v1", registered, scan) for _ in range(3)] == [None] * 3
+    assert scan.decoded == 3 and scan.by_record == {"ResultRegistered": 3}
+    assert len(scan.verdicts) == 1
+    # the same bytes on a topic that does not carry them, and bytes that do not decode: every time
+    for _ in range(2):
+        assert _check(reader, "rod.deliveries.v1", registered, scan) == (
+            "a ResultRegistered, which rod.deliveries.v1 does not carry")
+        assert "does not decode" in (_check(reader, "rod.results.v1", broken, scan) or "")
+    assert scan.decoded == 3 and len(scan.verdicts) == 3
