@@ -120,6 +120,7 @@ def test_inclusion_proofs_of_the_reference_data(index, size, expected):
     path = REFERENCE.inclusion_proof(index, size)
     assert path == _expand(expected)
     assert verify_inclusion(REFERENCE.node(0, index), index, size, path, ROOTS[size])
+    assert ref.verify_inclusion(REFERENCE.node(0, index), index, size, path, ROOTS[size])
 
 
 @pytest.mark.parametrize(("first", "second", "expected"), CONSISTENCY)
@@ -127,6 +128,7 @@ def test_consistency_proofs_of_the_reference_data(first, second, expected):
     path = REFERENCE.consistency_proof(first, second)
     assert path == _expand(expected)
     assert verify_consistency(first, second, path, ROOTS[first], ROOTS[second])
+    assert ref.verify_consistency(first, second, path, ROOTS[first], ROOTS[second])
 
 
 def test_edge_cases_of_consistency():
@@ -202,15 +204,19 @@ def test_every_proof_up_to_64_leaves_matches_the_rfc_and_verifies():
             path = tree.inclusion_proof(m, n)
             assert path == ref.path(m, entries[:n]), (m, n)
             assert verify_inclusion(tree.node(0, m), m, n, path, roots[n]), (m, n)
+            assert ref.verify_inclusion(tree.node(0, m), m, n, path, roots[n]), (m, n)
             for altered in _altered_inclusions(tree.node(0, m), m, n, path, roots[n]):
                 assert not verify_inclusion(*altered), (m, n, altered[1:3])
+                assert not ref.verify_inclusion(*altered), (m, n, altered[1:3])
         for m in range(1, n + 1):
             path = tree.consistency_proof(m, n)
             assert path == ref.proof(m, entries[:n]), (m, n)
             assert verify_consistency(m, n, path, roots[m], roots[n]), (m, n)
+            assert ref.verify_consistency(m, n, path, roots[m], roots[n]), (m, n)
             if m < n:
                 for altered in _altered_consistencies(m, n, path, roots[m], roots[n]):
                     assert not verify_consistency(*altered), (m, n, altered[:2])
+                    assert not ref.verify_consistency(*altered), (m, n, altered[:2])
 
 
 @settings(max_examples=60, deadline=None)
