@@ -54,6 +54,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from services.distributor.decide import HELD, PENDING, PUBLISHED
+from services.kernel.clock import now_millis as now
+from services.kernel.clock import utc
 from services.kernel.database import ROW_ID, create_tables, make_engine, writing
 from services.kernel.deadletters import DeadLetterBook, add_missing_columns, deadletter_table
 from services.kernel.tokens import mark_tables
@@ -166,19 +168,6 @@ republish = Table(
 
 # the same columns as every service's dead letters (services/kernel/deadletters.py)
 deadletters = deadletter_table(metadata, "distributor_deadletters")
-
-
-def now() -> datetime:
-    """Now in UTC at the millisecond precision Avro timestamps keep."""
-    moment = datetime.now(UTC)
-    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
-
-
-def utc(moment: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes: everything stored here is UTC."""
-    if moment is None or moment.tzinfo is not None:
-        return moment
-    return moment.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from services.kernel.clock import now_millis as now
+from services.kernel.clock import utc
 from services.kernel.database import create_tables, make_engine, writing
 from services.kernel.deadletters import DeadLetter, DeadLetterBook, deadletter_table
 from services.kernel.identifiers import mask_person_number
@@ -284,19 +286,6 @@ class Counts:
     unpublished: int
     deadletters_open: int
     deadletters: int
-
-
-def now() -> datetime:
-    """Now in UTC at the millisecond precision Avro timestamps keep."""
-    moment = datetime.now(UTC)
-    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
-
-
-def utc(moment: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes: everything stored here is UTC."""
-    if moment is None or moment.tzinfo is not None:
-        return moment
-    return moment.replace(tzinfo=UTC)
 
 
 def _stored(moment: datetime | None) -> datetime | None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from kafka.errors import KafkaError
@@ -43,6 +42,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from services.kernel import kafka
+from services.kernel.clock import now_millis as now
 from services.kernel.database import ROW_ID, writing
 from services.kernel.settings import Settings
 
@@ -162,11 +162,6 @@ def from_row(row: Any) -> DeadLetter:
         row.error_message,
         row.attempt,
     )
-
-
-def now() -> datetime:
-    moment = datetime.now(UTC)
-    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
 def send(

@@ -8,12 +8,13 @@ is published by the next `record` or by `publish_pending` (which `rod up` runs a
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 
 from sqlalchemy import insert, select, update
 
 from services.kernel import kafka
+from services.kernel.clock import now_millis as now
 from services.kernel.codec import Codec
 from services.kernel.logging import get_logger
 from services.kernel.settings import Settings
@@ -24,12 +25,6 @@ log = get_logger("operations")
 TOPIC = "rod.operations.v1"
 SCHEMA = "OperatorAction"
 VIA = ("cli", "console")
-
-
-def now() -> datetime:
-    """Now in UTC at the millisecond precision Avro timestamps keep."""
-    moment = datetime.now(UTC)
-    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
 class ActionLog:

@@ -12,8 +12,8 @@ import re
 
 from sqlalchemy import insert, select, update
 
+from services.kernel.clock import now_millis as now
 from services.kernel.tokens import hash_token, new_token
-from services.operations.actions import now
 from services.operations.store import OperationsStore, end_sessions, operators, token_marks
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,79}$")

@@ -40,6 +40,7 @@ from services.distributor.ledger import IS_HELD, Ledger, backfill_reader
 from services.distributor.subscriptions import Subscription
 from services.distributor.subscriptions import load as load_subscriptions
 from services.kernel import kafka
+from services.kernel.clock import utc as _utc
 from services.kernel.codec import Codec
 from services.kernel.database import make_engine
 from services.kernel.logging import get_logger
@@ -109,12 +110,6 @@ def _database(service: str) -> Iterator[None]:
         yield
     except SQLAlchemyError as exc:
         raise Unreachable(f"the {service} database cannot be reached ({type(exc).__name__})") from None
-
-
-def _utc(moment: datetime | None) -> datetime | None:
-    if moment is None or moment.tzinfo is not None:
-        return moment
-    return moment.replace(tzinfo=UTC)  # SQLite hands back naive UTC
 
 
 def _iso(moment: datetime | None) -> str | None:

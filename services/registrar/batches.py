@@ -30,9 +30,9 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DatabaseError
 
+from services.kernel.clock import now_millis
 from services.kernel.database import create_tables, writing
 from services.registrar.commands import BatchSummary, RecordFeedback
-from services.registrar.store import now_millis
 
 metadata = MetaData()
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from sqlalchemy import insert, select
 
+from services.kernel.clock import now_millis
 from services.kernel.codes import Problem, problem
 from services.kernel.logging import get_logger
 from services.kernel.tokens import hash_token, new_token
@@ -45,7 +46,6 @@ from services.registrar.store import (
     ResultState,
     event_id_for,
     new_result_id,
-    now_millis,
 )
 
 log = get_logger("registrar")

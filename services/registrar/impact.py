@@ -30,6 +30,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from services.kernel import kafka
+from services.kernel.clock import now_millis
 from services.kernel.codes import problem
 from services.kernel.consume import Batch, ConsumeLoop, Consumption
 from services.kernel.database import create_tables, make_engine, writing
@@ -38,7 +39,7 @@ from services.kernel.deadletters import DeadLetter, DeadLetterBook, StoredRecord
 from services.kernel.logging import get_logger
 from services.kernel.settings import Settings
 from services.registrar.metrics import IMPACT_RECEIPTS
-from services.registrar.store import deadletters, now_millis
+from services.registrar.store import deadletters
 
 log = get_logger("registrar.impact")
 

@@ -8,10 +8,11 @@ from typing import Any
 from sqlalchemy import insert, select
 from sqlalchemy.engine import Engine
 
+from services.kernel.clock import now_millis
 from services.kernel.database import writing
 from services.kernel.gate import Realm
 from services.kernel.tokens import RecentTokens, TokenMarks, hash_token, new_token
-from services.registrar.store import now_millis, token_marks, tokens
+from services.registrar.store import token_marks, tokens
 
 KIND = "institution"
 

@@ -14,9 +14,10 @@ from sqlalchemy import insert, select
 from sqlalchemy.engine import Engine
 
 from services.kernel import chain
+from services.kernel.clock import now_millis
 from services.kernel.codec import DecodeError
 from services.kernel.database import writing
-from services.registrar.store import EventStore, chain_head, events, now_millis, verifications
+from services.registrar.store import EventStore, chain_head, events, verifications
 
 PAGE = 5000
 
