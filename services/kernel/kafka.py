@@ -125,6 +125,21 @@ def read_each(
     return found
 
 
+def _end_offsets_settled(
+    consumer: KafkaConsumer, partitions: list[TopicPartition], attempts: int = 5
+) -> dict[TopicPartition, int]:
+    """End offsets, or {} when the broker keeps not answering for some partition: kafka-python
+    drops a partition's answer (KeyError) while a new broker settles, sometimes for seconds.
+    {} is safe for the caller: every partition is then checked by reading its records."""
+    for attempt in range(attempts):
+        try:
+            return consumer.end_offsets(partitions)
+        except KeyError:
+            time.sleep(0.5 * (attempt + 1))
+    log.warning("end_offsets_unanswered", partitions=[tp.partition for tp in partitions])
+    return {}
+
+
 def topic_holds(bootstrap: str, cluster_topic: str, recorded: dict[int, int]) -> bool:
     """True when every partition still holds the last offset recorded there (by whoever wrote
     it): False means the broker lost data and the writer must publish again."""
@@ -133,11 +148,7 @@ def topic_holds(bootstrap: str, cluster_topic: str, recorded: dict[int, int]) ->
     consumer = probe(bootstrap)
     try:
         partitions = [TopicPartition(cluster_topic, p) for p in recorded]
-        try:
-            ends = consumer.end_offsets(partitions)
-        except KeyError:  # kafka-python loses a partition's answer while a new broker settles
-            time.sleep(1.0)
-            ends = consumer.end_offsets(partitions)
+        ends = _end_offsets_settled(consumer, partitions)
         # the local broker can report its end short by one batch: look for the records themselves
         doubtful = {
             tp.partition: recorded[tp.partition]
