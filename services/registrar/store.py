@@ -129,6 +129,8 @@ meta = Table(
     Column("value", LargeBinary, nullable=False),
 )
 
+DIPLOMAS_INDEXED = "diplomas_indexed"  # registrar_meta: how far the diploma rows were filled
+
 relay_progress = Table(
     "registrar_relay",
     metadata,
@@ -315,15 +317,23 @@ class EventStore:
         self._index_diplomas()
 
     def _index_diplomas(self) -> None:
-        """Fill registrar_diplomas from the events once, for a database made before that table
-        (results, but no diploma rows); rows another process put there first are left alone."""
+        """Fill registrar_diplomas from the events, for a database made before that table.
+
+        Each page's rows and the position they reach commit together (registrar_meta
+        "diplomas_indexed"), so a kill mid-fill resumes where it stopped instead of leaving the
+        older results unsearchable; "done" once the walk ended. Appends made meanwhile index
+        their own diploma rows, and rows another process put there first are left alone.
+        """
         with self.engine.connect() as conn:
-            if conn.execute(select(diplomas.c.result_id).limit(1)).first() is not None:
+            mark = conn.execute(select(meta.c.value).where(meta.c.key == DIPLOMAS_INDEXED)).scalar()
+            if mark == b"done":
                 return
-            if conn.execute(select(results.c.result_id).limit(1)).first() is None:
+            if mark is None and conn.execute(select(results.c.result_id).limit(1)).first() is None:
+                self._mark_diplomas(conn, b"done")  # nothing registered yet: every append indexes itself
+                conn.commit()
                 return
         dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
-        after, indexed = 0, 0
+        after, indexed = int(mark or 0), 0
         while True:
             with self.engine.connect() as conn:
                 page = conn.execute(select(events.c.position, events.c.payload)
@@ -335,15 +345,24 @@ class EventStore:
                 if name == "ResultRegistered":
                     rows.append({"result_id": record["result_id"], "institution": record["institution"],
                                  "diploma_number": record["diploma_number"]})
-            if rows:
-                with writing(self.engine) as conn:
+            done = len(page) < 5000
+            if page:
+                after = page[-1].position
+            with writing(self.engine) as conn:
+                if rows:
                     conn.execute(dialect.insert(diplomas).on_conflict_do_nothing(index_elements=["result_id"]),
                                  rows)
-                indexed += len(rows)
-            if len(page) < 5000:
+                self._mark_diplomas(conn, b"done" if done else str(after).encode())
+            indexed += len(rows)
+            if done:
                 break
-            after = page[-1].position
         log.info("diploma_numbers_indexed", results=indexed)
+
+    @staticmethod
+    def _mark_diplomas(conn: Connection, value: bytes) -> None:
+        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+        conn.execute(dialect.insert(meta).values(key=DIPLOMAS_INDEXED, value=value)
+                     .on_conflict_do_update(index_elements=["key"], set_={"value": value}))
 
     def _seed_singletons(self) -> None:
         for table, row in (

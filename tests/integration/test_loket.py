@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy import delete as sql_delete
+from sqlalchemy import update
 
 from services.distributor.feed import FeedStore
 from services.distributor.ledger import Ledger
@@ -31,7 +32,7 @@ from services.registrar.impact import DELIVERIES_TOPIC, EXTRACTS_TOPIC, ImpactRe
 from services.registrar.loket.pages import FIELDS, Page, environment
 from services.registrar.loket.sessions import Session, SessionBook
 from services.registrar.rules import SECTORS
-from services.registrar.store import EventStore, diplomas
+from services.registrar.store import DIPLOMAS_INDEXED, EventStore, diplomas, meta
 from services.registrar.tokens import institution_tokens, rotate_token
 from tests.fixtures.bulkfiles import sample_row, write_csv, write_xml
 from tests.integration.apiserver import CATALOGUE, RunningApi, registration, running_api
@@ -640,11 +641,23 @@ def test_a_database_made_before_the_diploma_index_is_indexed_when_the_store_open
     ids = [registrar.register({**raw, "diploma_number": f"OLD-{i}"}, "25BE").result_id for i in range(3)]
     with store.engine.begin() as conn:
         conn.execute(sql_delete(diplomas))  # as a database from before the table
+        conn.execute(sql_delete(meta).where(meta.c.key == DIPLOMAS_INDEXED))
     assert store.results_page("25BE") == []
     store.dispose()
     reopened = EventStore(db_url)
     try:
         assert [r.result_id for r in reopened.results_page("25BE")] == ids[::-1]
         assert [r.result_id for r in reopened.results_page("25BE", diploma_number="OLD-1")] == [ids[1]]
+        # killed after the first page of a fill: the next start resumes from the recorded position
+        first_position = reopened.events_after(0, 1)[0].position
+        with reopened.engine.begin() as conn:
+            conn.execute(sql_delete(diplomas).where(diplomas.c.result_id != ids[0]))
+            conn.execute(update(meta).where(meta.c.key == DIPLOMAS_INDEXED)
+                         .values(value=str(first_position).encode()))
     finally:
         reopened.dispose()
+    resumed = EventStore(db_url)
+    try:
+        assert [r.result_id for r in resumed.results_page("25BE")] == ids[::-1]
+    finally:
+        resumed.dispose()
