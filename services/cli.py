@@ -52,7 +52,7 @@ def main(ctx: click.Context, data_dir: str | None, verbose: bool) -> None:
     ctx.obj = {"settings": settings}
 
 
-COMPONENTS = ("relay", "distributor", "audit", "extract", "monitor", "http", "impact")
+COMPONENTS = ("relay", "log", "distributor", "audit", "extract", "monitor", "http", "impact")
 
 
 def _components(_ctx: click.Context, _param: click.Parameter, text: str) -> tuple[str, ...]:
@@ -91,6 +91,7 @@ def up(ctx: click.Context, port: int, data_dir: str | None, wanted: tuple[str, .
     from services.operations.store import OperationsStore
     from services.registrar.relay import Relay
     from services.registrar.store import EventStore
+    from services.registrar.transparency.service import LogService
 
     rod_logging.configure(level=logging.INFO)  # a server: its log tells what it does
     settings = ctx.obj["settings"]
@@ -126,6 +127,8 @@ def up(ctx: click.Context, port: int, data_dir: str | None, wanted: tuple[str, .
         runs: list[tuple[str, object]] = []
         if "relay" in wanted:
             parts["relay"] = Relay(EventStore(settings.database_urls["registrar"]), settings, bootstrap)
+        if "log" in wanted:
+            parts["log"] = LogService(settings, bootstrap)
         if "distributor" in wanted:
             parts["distributor"] = Distributor(settings, bootstrap)
         if "audit" in wanted:

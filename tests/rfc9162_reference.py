@@ -1,4 +1,4 @@
-"""RFC 9162 §2.1 written out as its recursive definitions, independent of services.registrar.merkle.
+"""RFC 9162 §2.1 written out as its recursive definitions, independent of the project's merkle module.
 
 MTH (§2.1.1), PATH (§2.1.3.1) and PROOF/SUBPROOF (§2.1.4.1) over a list of leaf inputs, slow
 and obviously right: the tests compare the project's tree, built from stored subtree hashes,

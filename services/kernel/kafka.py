@@ -35,6 +35,7 @@ TOPICS: dict[str, TopicSpec] = {
     "rod.reports.v1": TopicSpec(1, FOREVER),
     "rod.deadletter.v1": TopicSpec(1, FOREVER),
     "rod.operations.v1": TopicSpec(1, FOREVER),
+    "rod.checkpoints.v1": TopicSpec(1, FOREVER),
 }
 
 # A group join takes ~23 s on the local broker unless these are set; fetches wait their full

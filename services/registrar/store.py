@@ -129,6 +129,37 @@ meta = Table(
     Column("value", LargeBinary, nullable=False),
 )
 
+# The log as an RFC 9162 Merkle tree (services/registrar/transparency/): the hash of every
+# complete subtree, written once each by the tree builder after the events are stored; the
+# tree's size moves in the same transaction as the nodes it adds, so a reader (and a builder
+# killed at any point) sees the old tree or the new one, never a half-built one.
+log_nodes = Table(
+    "registrar_log_nodes",
+    metadata,
+    Column("level", Integer, primary_key=True, autoincrement=False),
+    Column("idx", BigInteger, primary_key=True, autoincrement=False),
+    Column("hash", LargeBinary, nullable=False),
+)
+
+log_tree = Table(
+    "registrar_log_tree",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("size", BigInteger, nullable=False),
+)
+
+# every signed checkpoint, kept; published on rod.checkpoints.v1 after it is stored (an outbox)
+log_checkpoints = Table(
+    "registrar_log_checkpoints",
+    metadata,
+    Column("tree_size", BigInteger, primary_key=True, autoincrement=False),
+    Column("root_hash", LargeBinary, nullable=False),
+    Column("note", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("partition", Integer),  # where it was published; NULL: not yet
+    Column("offset", BigInteger),
+)
+
 DIPLOMAS_INDEXED = "diplomas_indexed"  # registrar_meta: how far the diploma rows were filled
 
 relay_progress = Table(
@@ -368,6 +399,7 @@ class EventStore:
         for table, row in (
             (chain_head, {"id": 1, "position": 0, "hash": chain.GENESIS}),
             (relay_progress, {"id": 1, "published_position": 0}),
+            (log_tree, {"id": 1, "size": 0}),
         ):
             try:
                 with self.engine.begin() as conn:

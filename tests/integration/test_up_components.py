@@ -100,4 +100,4 @@ def test_an_unknown_component_is_refused_by_name(settings: Settings) -> None:
     done = run_rod("up", "--components", "http,ledger", env=settings_env(settings))
     assert done.returncode == 2
     assert "unknown component ledger" in done.stderr
-    assert "relay,distributor,audit,extract,monitor,http,impact" in done.stderr
+    assert "relay,log,distributor,audit,extract,monitor,http,impact" in done.stderr

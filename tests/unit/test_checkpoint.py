@@ -8,7 +8,7 @@ import hashlib
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from services.registrar.checkpoint import (
+from services.registrar.transparency.checkpoint import (
     Checkpoint,
     NoteError,
     Signer,
@@ -23,7 +23,7 @@ from services.registrar.checkpoint import (
     sign_note,
     split_note,
 )
-from services.registrar.merkle import MemoryTree
+from services.registrar.transparency.merkle import MemoryTree
 
 # Known answers from golang.org/x/mod, sumdb/note/note_test.go (TestNewVerifier, TestSign, TestOpen).
 PETER_VKEY = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"

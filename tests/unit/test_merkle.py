@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.registrar import merkle
-from services.registrar.merkle import (
+from services.registrar.transparency import merkle
+from services.registrar.transparency.merkle import (
     EMPTY_ROOT,
     MemoryTree,
     consistency_proof,

@@ -1,0 +1,163 @@
+"""`rod log verify`: the log's checkpoints against their key, each other and the store.
+
+1. every stored checkpoint's note verifies with the log's key and says what its row says;
+2. each checkpoint is consistent with the next (RFC 9162 §2.1.4 proofs from the stored tree,
+   checked as an outsider would);
+3. every checkpoint's root equals the root recomputed from the store's events (streamed
+   once, folding the leaves as they come: no tree is held in memory), and so does the
+   stored tree's; the first event whose leaf differs from the stored tree's is named.
+
+An operator who rewrites an event and re-hashes every later one passes `rod verify`'s chain
+walk, but not this: the checkpoints signed before the rewrite no longer match.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from services.registrar.store import EventStore, events
+from services.registrar.transparency import merkle
+from services.registrar.transparency.checkpoint import NoteError, Verifier, open_checkpoint
+from services.registrar.transparency.tree import BATCH, CheckpointLog, StoredCheckpoint, StoredTree, TreeError
+
+
+@dataclass(frozen=True)
+class LogVerdict:
+    """Outcome of `rod log verify`; on failure the first checkpoint (by tree size) and/or event
+    position that fails, with a stable code."""
+
+    ok: bool
+    checkpoints: int
+    events: int
+    code: str | None = None
+    reason: str | None = None
+    checkpoint: int | None = None  # tree size of the first failing checkpoint
+    position: int | None = None  # first event whose leaf differs from the stored tree
+
+
+class _Fold:
+    """Roots of a growing log, leaf by leaf, keeping only the O(log n) complete subtrees."""
+
+    def __init__(self) -> None:
+        self.stack: list[tuple[int, bytes]] = []  # (level, hash), levels strictly decreasing
+        self.size = 0
+
+    def add(self, leaf: bytes) -> None:
+        level, value = 0, leaf
+        while self.stack and self.stack[-1][0] == level:
+            _, left = self.stack.pop()
+            value, level = merkle.node_hash(left, value), level + 1
+        self.stack.append((level, value))
+        self.size += 1
+
+    def root(self) -> bytes:
+        if not self.stack:
+            return merkle.EMPTY_ROOT
+        value = self.stack[-1][1]
+        for _, left in reversed(self.stack[:-1]):
+            value = merkle.node_hash(left, value)
+        return value
+
+
+def verify_log(store: EventStore, verifier: Verifier, origin: str) -> LogVerdict:
+    """Check every checkpoint and the stored tree against the store's events (see the module)."""
+    tree = StoredTree(store)
+    checkpoints = list(CheckpointLog(store).all())
+    failure = _check_notes(checkpoints, verifier, origin) or _check_consistency(tree, checkpoints)
+    if failure:
+        return failure
+    return _check_against_events(store, tree, checkpoints)
+
+
+def _check_notes(checkpoints: list[StoredCheckpoint], verifier: Verifier, origin: str) -> LogVerdict | None:
+    for stored in checkpoints:
+        try:
+            opened = open_checkpoint(stored.note, verifier)
+        except NoteError as exc:
+            return LogVerdict(False, len(checkpoints), 0, "CHECKPOINT_SIGNATURE",
+                              f"checkpoint {stored.tree_size}: {exc}", checkpoint=stored.tree_size)
+        says = (opened.origin, opened.tree_size, opened.root_hash)
+        if says != (origin, stored.tree_size, stored.root_hash):
+            return LogVerdict(False, len(checkpoints), 0, "CHECKPOINT_MISMATCH",
+                              f"checkpoint {stored.tree_size}: the signed note says other than its row",
+                              checkpoint=stored.tree_size)
+    return None
+
+
+def _check_consistency(tree: StoredTree, checkpoints: list[StoredCheckpoint]) -> LogVerdict | None:
+    for older, newer in zip(checkpoints, checkpoints[1:], strict=False):
+        if older.tree_size == 0:
+            continue  # the empty tree is a prefix of every tree
+        try:
+            proof = tree.consistency_proof(older.tree_size, newer.tree_size)
+            consistent = merkle.verify_consistency(
+                older.tree_size, newer.tree_size, proof, older.root_hash, newer.root_hash)
+        except TreeError as exc:
+            return LogVerdict(False, len(checkpoints), 0, "TREE_INCOMPLETE",
+                              f"checkpoint {newer.tree_size}: {exc}", checkpoint=newer.tree_size)
+        if not consistent:
+            return LogVerdict(False, len(checkpoints), 0, "CHECKPOINTS_INCONSISTENT",
+                              f"checkpoint {newer.tree_size} is not consistent with checkpoint "
+                              f"{older.tree_size}",
+                              checkpoint=newer.tree_size)
+    return None
+
+
+def _check_against_events(
+    store: EventStore, tree: StoredTree, checkpoints: list[StoredCheckpoint]
+) -> LogVerdict:
+    fold = _Fold()
+    stored_size = tree.size()
+    due = iter(checkpoints)
+    waiting = next(due, None)
+    first_leaf_diff: int | None = None
+    failed: StoredCheckpoint | None = None
+    stored_root_ok: bool | None = None
+
+    def settle() -> None:
+        nonlocal waiting, failed, stored_root_ok
+        while waiting is not None and waiting.tree_size == fold.size:
+            if failed is None and fold.root() != waiting.root_hash:
+                failed = waiting
+            waiting = next(due, None)
+        if fold.size == stored_size:
+            stored_root_ok = fold.root() == tree.root(stored_size)
+
+    settle()
+    with store.reading() as conn:
+        while True:
+            rows = conn.execute(select(events.c.position, events.c.hash).where(events.c.position > fold.size)
+                                .order_by(events.c.position).limit(BATCH)).all()
+            if not rows:
+                break
+            stored = dict(tree.leaves(fold.size, BATCH)) if first_leaf_diff is None else {}
+            for row in rows:
+                if row.position != fold.size + 1:
+                    return LogVerdict(False, len(checkpoints), fold.size, "POSITION_MISSING",
+                                      f"position {fold.size + 1} is missing", position=fold.size + 1)
+                leaf = merkle.leaf_hash(bytes(row.hash))
+                if first_leaf_diff is None and fold.size < stored_size and stored.get(fold.size) != leaf:
+                    first_leaf_diff = row.position
+                fold.add(leaf)
+                settle()
+    total = fold.size
+    if waiting is not None:  # a checkpoint of more events than the store holds
+        return LogVerdict(False, len(checkpoints), total, "CHECKPOINT_BEYOND_STORE",
+                          f"checkpoint {waiting.tree_size} is beyond the store's {total} events",
+                          checkpoint=waiting.tree_size, position=first_leaf_diff)
+    if stored_size > total:
+        return LogVerdict(False, len(checkpoints), total, "TREE_BEYOND_STORE",
+                          f"the stored tree holds {stored_size} leaves, the store {total} events")
+    if failed is not None:
+        where = f"; the first event that differs from the tree is at position {first_leaf_diff}" \
+            if first_leaf_diff else ""
+        return LogVerdict(False, len(checkpoints), total, "ROOT_MISMATCH",
+                          f"checkpoint {failed.tree_size} no longer matches the store's events{where}",
+                          checkpoint=failed.tree_size, position=first_leaf_diff)
+    if first_leaf_diff is not None or stored_root_ok is False:
+        return LogVerdict(False, len(checkpoints), total, "TREE_MISMATCH",
+                          f"the stored tree differs from the store's events at position {first_leaf_diff}",
+                          position=first_leaf_diff)
+    return LogVerdict(True, len(checkpoints), total)
