@@ -39,6 +39,7 @@ from services.registrar.impact import ImpactReader, ImpactStore
 from services.registrar.loket.router import loket_router
 from services.registrar.store import SerialisedStore
 from services.registrar.tokens import TokenBook
+from services.registrar.transparency.http import log_realms, log_router
 from services.registrar.writer import RegistrationWriter
 
 log = get_logger("app")
@@ -91,12 +92,13 @@ def build_app(
                                         upload_dir=settings.data_dir / "uploads", upload_limit=limit,
                                         writer=writer))
     app.include_router(feed_router(feeds))
+    app.include_router(log_router(event_store))  # the log's checkpoints and proofs: public
     app.include_router(extract_router(extract.store, extract.identity, extract.public_url,
                                       AttemptLimit(per_minute=extract.attempts_per_minute)))
     app.include_router(reports_router(settings.data_dir / "reports"))  # the audit service's files
     app.include_router(console)  # /ops: operator tokens only, the gate guards the realms alone
     app.include_router(readiness_router(settings, bootstrap))
-    realms = [institutions.realm(), feeds.realm(), *extract_realms(extract.store)]
+    realms = [institutions.realm(), feeds.realm(), *extract_realms(extract.store), *log_realms()]
     other_lookups = [r.lookup for r in realms[1:] if r.lookup] + [
         lambda token: operator_for(console.console.store, token)]
     # /loket: institution tokens by a login form; the audit's reports reach it through the shelf

@@ -25,6 +25,7 @@ from services.kernel.text import is_unicode
 from services.operations import cli as operations_cli
 from services.operations import deadletter_cli
 from services.registrar import cli as registrar_cli
+from services.registrar.transparency import cli as log_cli
 
 
 class _Rod(click.Group):
@@ -174,6 +175,6 @@ def up(ctx: click.Context, port: int, data_dir: str | None, wanted: tuple[str, .
 
 for command in (
     registrar_cli.COMMANDS + distributor_cli.COMMANDS + audit_cli.COMMANDS + operations_cli.COMMANDS
-    + deadletter_cli.COMMANDS + extract_cli.COMMANDS + token_cli.COMMANDS
+    + deadletter_cli.COMMANDS + extract_cli.COMMANDS + token_cli.COMMANDS + log_cli.COMMANDS
 ):
     main.add_command(command)

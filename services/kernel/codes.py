@@ -321,6 +321,33 @@ CODES: dict[str, tuple[str, str]] = {
         "Te veel pogingen; probeer het over een minuut opnieuw.",
         "More than 30 verification attempts a minute from one client address; wait for Retry-After.",
     ),
+    # the log's checkpoints and proofs (GET /v1/log/...)
+    "LOG_NO_CHECKPOINT": (
+        "Er is nog geen checkpoint van het logboek getekend; probeer het later opnieuw.",
+        "No checkpoint has been signed yet (the log component has not run yet); try again later.",
+    ),
+    "LOG_KEY_UNKNOWN": (
+        "De sleutel van het logboek is nog niet bekend; probeer het later opnieuw.",
+        "The log component has not run yet, so its verifier key is not known; try again later.",
+    ),
+    "LOG_NUMBER_INVALID": (
+        "Geef hier een geheel getal op.",
+        "The query parameter named in `field` is missing or not a whole number.",
+    ),
+    "LOG_SIZE_BEYOND_CHECKPOINT": (
+        "De boomgrootte is groter dan die van het nieuwste checkpoint ({newest}); "
+        "vraag om hoogstens {newest}.",
+        "The tree size is beyond the newest checkpoint's ({newest}); ask for at most {newest} "
+        "(GET /v1/log/checkpoint).",
+    ),
+    "LOG_POSITION_OUT_OF_RANGE": (
+        "De positie ligt niet tussen 1 en de boomgrootte ({tree_size}).",
+        "The position is not between 1 and the tree size ({tree_size}).",
+    ),
+    "LOG_SIZES_OUT_OF_ORDER": (
+        "De eerste boomgrootte moet minstens 1 zijn en niet groter dan de tweede.",
+        "`first` must be at least 1 and at most `second`.",
+    ),
 }
 
 

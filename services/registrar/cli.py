@@ -16,6 +16,7 @@ from services.registrar.commands import FileRefused, RecordFeedback, Registrar
 from services.registrar.relay import Relay
 from services.registrar.rules import SECTORS
 from services.registrar.store import EventStore
+from services.registrar.transparency.cli import check_log, verdict_line
 from services.registrar.verify import record_verdict, verify
 
 INSTITUTION_CODE = re.compile(r"^\d{2}[A-Z]{2}$")
@@ -134,18 +135,25 @@ def delete_result(ctx: click.Context, result_id: str, reason: str, explanation: 
 @click.command("verify")
 @click.pass_context
 def verify_chain(ctx: click.Context) -> None:
-    """Walk the event store's hash chain; exit 1 and name the first broken position."""
+    """Walk the event store's hash chain, then check the log's checkpoints and tree against it
+    (`rod log verify`); exit 1 when either fails, naming the first broken position or checkpoint."""
     event_store = EventStore(_settings(ctx).database_urls["registrar"])
-    verdict = verify(event_store)
-    record_verdict(event_store, verdict)  # the console shows the latest
+    try:
+        verdict = verify(event_store)
+        record_verdict(event_store, verdict)  # the console shows the latest
+        logged = check_log(_settings(ctx), event_store)
+    finally:
+        event_store.dispose()
     if verdict.ok:
         click.echo(f"chain intact: {verdict.checked} events verified")
-        return
-    click.echo(
-        f"chain BROKEN at position {verdict.broken_position}: {verdict.reason} "
-        f"({verdict.checked} events before it verified)"
-    )
-    sys.exit(1)
+    else:
+        click.echo(
+            f"chain BROKEN at position {verdict.broken_position}: {verdict.reason} "
+            f"({verdict.checked} events before it verified)"
+        )
+    click.echo(verdict_line(logged))
+    if not (verdict.ok and logged.ok):
+        sys.exit(1)
 
 
 @click.command("relay")
