@@ -10,6 +10,7 @@ test, so the guide cannot grow a command that nobody ran.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -28,15 +29,23 @@ import httpx
 import pytest
 
 from services.kernel.codec import SCHEMA_DIR, Codec
+from services.registrar.transparency.checkpoint import Checkpoint, Signer, parse_signer, sign_checkpoint
+from tests import rfc9162_reference as rfc
 from tests.support import LOG_SINK, ROOT, read_topic, run_rod, start_rod_up, stop_rod_up
 
 GUIDE = ROOT / "docs" / "downstream.md"
 CATALOGUE = ROOT / "tests" / "fixtures" / "catalogue.csv"
+ORIGIN = "rodchain.local/log"  # the log's default origin, the name of its checkpoints
 PREFIX = "acc."  # as on a shared cluster: the guide's programs take the topic name from TOPIC
 ENVELOPE = ["delivery_id", "kind", "event_id", "result_id", "delivered_at", "withdraws"]
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 READER_LINE = re.compile(rf"^(DELIVERY {UUID} {UUID}|WITHDRAWAL {UUID} {UUID} {UUID})$")
 READER_SUMMARY = re.compile(r"^(\d+) new, (\d+) repeats dropped$")
+LOG_LINES = [re.compile(pattern) for pattern in (  # what the guide's log check prints
+    r"^checkpoint ok: (?P<origin>\S+), (?P<size>\d+) events, root (?P<root>[A-Za-z0-9+/]{43}=)$",
+    r"^included: the event at position (?P<position>\d+) is in the log of (?P<size>\d+) events$",
+    r"^consistent: the log of (?P<size>\d+) events extends the log of (?P<kept>\d+) you kept$",
+    r"^no checkpoint kept yet: this one is kept for the next check$")]
 
 _MARKED = re.compile(r"<!-- guide-test: (?P<name>[\w-]+) -->\n(?P<rest>```.*?\n```\n|(?:\|[^\n]*\n)+)", re.S)
 _FENCE = re.compile(r"^```(?P<lang>\w*)\n(?P<body>.*)\n```\n$", re.S)
@@ -190,6 +199,7 @@ def test_the_guide_runs_against_a_running_system(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROD_")}
     env.update(ROD_DATA_DIR=str(data_dir), ROD_CATALOGUE=str(CATALOGUE), ROD_TOPIC_PREFIX=PREFIX,
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    env["ROD_LOG_CHECKPOINT_SECONDS"] = "1"  # the log's checkpoints follow the guide's events quickly
     guide = Guide(guide_blocks(), workdir, env, set())
 
     institution = run_rod("institution", "add", "25BE", "--name", "Universiteit Gids", "--sectors", "HO,VO",
@@ -253,6 +263,7 @@ def _read_and_acknowledge(guide: Guide, host: str, bootstrap: str, registrar: ht
     deleted = registrar.post(f"/v1/results/{big[1]}/deletions", json={"reason": "ADMINISTRATIVE_ERROR"})
     assert deleted.status_code == 201, deleted.text
     feed = wait_for(lambda: (f := http_feed()) and len(f) == 4 and f, 60, "the withdrawal on cibg-big")
+    _check_the_log_first(guide, host, bootstrap)  # five events: the checkpoint kept for later
 
     # --- the Kafka reader: each feed holds what its subscription is entitled to
     seen = guide.workdir / "seen-cibg.txt"
@@ -396,6 +407,8 @@ def _read_and_acknowledge(guide: Guide, host: str, bootstrap: str, registrar: ht
         assert broken.returncode == 1 and broken.stdout == ""
         assert broken.stderr.strip() == f"chain broken at position 2: {complaint}"
 
+    _check_the_log_again(guide, host, bootstrap, events[-1]["hash"])  # six events
+
 
 def _mode(env: dict[str, str], subscription: str) -> str:
     """A subscription's mode (live, backfilling) as `rod subscription list --json` shows it."""
@@ -430,3 +443,112 @@ def _tampered_copy(bootstrap: str, topic: str, codec: Codec, keep_original: bool
     finally:
         producer.close()
     return copy
+
+
+# --- the log: checking that the register never rewrote its past ----------------------------
+
+
+def log_lines(text: str) -> list[tuple[int, dict[str, str]]]:
+    """Each line the guide's log check printed: which of LOG_LINES it is, and what it names."""
+    found = []
+    for line in text.strip().splitlines():
+        kinds = [(i, m.groupdict()) for i, pattern in enumerate(LOG_LINES) if (m := pattern.match(line))]
+        assert len(kinds) == 1, line
+        found.append(kinds[0])
+    return found
+
+
+def _event_hashes(bootstrap: str, count: int) -> list[bytes]:
+    """The `hash` field of every event on rod.results.v1, ordered by `position` (1..count)."""
+    codec = Codec()
+    by_position = {}
+    for record in read_topic(bootstrap, f"{PREFIX}rod.results.v1", count):
+        event = codec.decode(record.value)[1]
+        by_position[event["position"]] = event["hash"]
+    assert sorted(by_position) == list(range(1, count + 1))
+    return [by_position[position] for position in sorted(by_position)]
+
+
+def _served_size(host: str) -> int | None:
+    """The tree size of the checkpoint the register serves now (None before the first)."""
+    answer = httpx.get(f"{host}/v1/log/checkpoint", timeout=10)
+    return int(answer.text.split("\n")[1]) if answer.status_code == 200 else None
+
+
+def _log_signer(guide: Guide) -> Signer:
+    """The key `rod up` made for the log's checkpoints (the embedded default, in its data dir)."""
+    return parse_signer((Path(guide.rod_env["ROD_DATA_DIR"]) / "log" / "signing-key.txt").read_text().strip())
+
+
+def _refused(guide: Guide, host: str, kept: Path, why: str, **env: str) -> None:
+    """The log check fails with `why`, leaves the kept checkpoint as it was and keeps the one the
+    register serves beside it, as the evidence for DUO."""
+    before = kept.read_text()
+    proc = guide.python("log-check", check=False, HOST=host, KEPT_FILE=kept.name, **env)
+    assert proc.returncode == 1, proc
+    rejected = kept.with_name(f"{kept.name}.rejected")
+    told = f"LOG CHECK FAILED: {why}. Keep {kept.name} and {rejected.name} and tell DUO."
+    assert proc.stderr.strip() == told
+    assert kept.read_text() == before and rejected.read_text() == httpx.get(f"{host}/v1/log/checkpoint").text
+    rejected.unlink()
+
+
+def _check_the_log_first(guide: Guide, host: str, bootstrap: str) -> None:
+    """Five events: the key pinned, a first checkpoint verified and kept, one event of
+    rod.results.v1 proved in it; a wrong event or another key refused."""
+    pinned = guide.sh("log-key", HOST=host).stdout.strip()
+    assert pinned == _log_signer(guide).verifier.text()
+    assert (guide.workdir / "rodchain-log.key").read_text().strip() == pinned
+    hashes = _event_hashes(bootstrap, 5)
+    wait_for(lambda: _served_size(host) == 5, 30, "a checkpoint of the five events")
+
+    checked = guide.python("log-check", HOST=host, POSITION="2", EVENT_HASH=hashes[1].hex())
+    (first, signed), (second, included), (third, _) = log_lines(checked.stdout)
+    assert (first, second, third) == (0, 1, 3)
+    assert (signed["origin"], signed["size"], included) == (ORIGIN, "5", {"position": "2", "size": "5"})
+    # the checkpoint's root is the root of the `hash` fields read from rod.results.v1
+    assert base64.b64decode(signed["root"]) == rfc.mth(hashes[:5])
+    kept = guide.workdir / "rodchain-checkpoint.txt"
+    note = kept.read_text()
+    assert note == httpx.get(f"{host}/v1/log/checkpoint").text and note.startswith(f"{ORIGIN}\n5\n")
+
+    # every checkpoint is on rod.checkpoints.v1, this one too (a repeat has the same tree_size)
+    codec = Codec()
+
+    def published() -> dict[int, dict]:
+        records = read_topic(bootstrap, f"{PREFIX}rod.checkpoints.v1", 1, timeout=5)
+        return {c["tree_size"]: c for c in (codec.decode(r.value)[1] for r in records)}
+
+    on_topic = wait_for(lambda: (p := published()) and 5 in p and p, 30, "the checkpoint on the topic")
+    assert (on_topic[5]["note"], on_topic[5]["root_hash"]) == (note, rfc.mth(hashes[:5]))
+
+    (guide.workdir / "other.key").write_text(Signer.generate(ORIGIN).verifier.text())
+    _refused(guide, host, kept, "the checkpoint has no valid signature by the pinned key",
+             KEY_FILE="other.key")
+    _refused(guide, host, kept, "the event at position 2 is not in the log of 5 events", POSITION="2",
+             EVENT_HASH=hashes[2].hex())
+
+
+def _check_the_log_again(guide: Guide, host: str, bootstrap: str, newest_hash: str) -> None:
+    """Six events: the newest proved in the log, and the log of six consistent with the kept one
+    of five, as the guide's example output shows; a forked or a longer kept checkpoint refused."""
+    hashes = _event_hashes(bootstrap, 6)
+    assert hashes[5].hex() == newest_hash  # the re-registration, as the register answered it
+    wait_for(lambda: _served_size(host) == 6, 30, "a checkpoint of the six events")
+    kept = guide.workdir / "rodchain-checkpoint.txt"
+    forked, longer = guide.workdir / "forked.txt", guide.workdir / "longer.txt"
+    signer = _log_signer(guide)
+    # what a register that rewrote its fifth event signed earlier, and a checkpoint of a longer log
+    forked.write_text(sign_checkpoint(Checkpoint(ORIGIN, 5, rfc.mth([*hashes[:4], hashes[5]])), signer))
+    longer.write_text(sign_checkpoint(Checkpoint(ORIGIN, 7, rfc.mth([*hashes, hashes[0]])), signer))
+
+    checked = guide.python("log-check", HOST=host, POSITION="6", EVENT_HASH=hashes[5].hex())
+    lines, example = log_lines(checked.stdout), log_lines(guide.output("log-check-output"))
+    assert [kind for kind, _ in lines] == [kind for kind, _ in example] == [0, 1, 2]
+    for (_, real), (_, shown) in zip(lines, example, strict=True):
+        assert {**real, "root": ""} == {**shown, "root": ""}  # the same sizes and position as the guide
+    assert base64.b64decode(lines[0][1]["root"]) == rfc.mth(hashes)
+    assert kept.read_text() == httpx.get(f"{host}/v1/log/checkpoint").text
+
+    _refused(guide, host, forked, "FORK: the log of 6 events does not extend the log of 5 you kept")
+    _refused(guide, host, longer, "the log shrank from 7 to 6 events")
