@@ -112,8 +112,22 @@ def _age(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
+def log_line(log: dict[str, Any] | None) -> str:
+    """The log's line: the newest checkpoint's size and age, the tree and how far it is behind."""
+    if log is None:
+        return "LOG  no log tables in the registrar's store yet (start `rod up` once)"
+    if log["checkpoint_tree_size"] is None:
+        checkpoint = "no checkpoint signed yet"
+    else:
+        checkpoint = (f"checkpoint {log['checkpoint_tree_size']:,} events, "
+                      f"signed {_age(log['checkpoint_age_seconds'])} ago")
+    return (f"LOG  {checkpoint}  tree {log['tree_size']:,} ({log['tree_behind']:,} behind)  "
+            f"unsigned events {log['unsigned_events']:,}  unpublished {log['unpublished_checkpoints']:,}  "
+            f"{log['status']}")
+
+
 def render(view: dict[str, Any], attention: list[str]) -> str:
-    """The one screen: topics, relay, groups, subscriptions, dead letters, what needs attention."""
+    """The one screen: topics, relay, log, groups, subscriptions, dead letters, what needs attention."""
     approx = any(t["approximate"] for t in view["topics"])
     lines = [f"TOPICS{'  (~ approximate: this broker reports end offsets short)' if approx else ''}",
              f"  {'NAME':<44} {'PARTS':>5} {'MESSAGES':>10}"]
@@ -122,7 +136,7 @@ def render(view: dict[str, Any], attention: list[str]) -> str:
         lines.append(f"  {t['name']:<44} {t['partitions']:>5} {count:>10}")
     relay = view["relay"]
     lines += ["", f"RELAY  stored {relay['stored_position']}  published {relay['published_position']}  "
-                  f"lag {relay['lag']}  {relay['status']}", "",
+                  f"lag {relay['lag']}  {relay['status']}", log_line(view.get("log")), "",
               f"GROUPS (status over {view['window_seconds']:g} s)",
               f"  {'GROUP':<24} {'TOPIC':<36} {'STATUS':<8} {'LAG':>8} {'MEMBERS':>7}"]
     for g in view["groups"]:
@@ -156,7 +170,7 @@ def render(view: dict[str, Any], attention: list[str]) -> str:
               help="Redraw every SECONDS until Ctrl-C.")
 @click.pass_context
 def topics(ctx: click.Context, as_json: bool, watch: float | None) -> None:
-    """The chain at a glance: topics, relay, consumer groups, subscriptions, dead letters.
+    """The chain at a glance: topics, relay, log checkpoints, consumer groups, subscriptions, dead letters.
 
     Exit 0 when all is OK and no dead letter is open, 1 when something needs attention,
     2 when the broker or a database cannot be reached.

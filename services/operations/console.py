@@ -59,6 +59,8 @@ from services.kernel.web import now as _now
 from services.operations.actions import ActionLog
 from services.operations.identity import operator_for
 from services.operations.store import OperationsStore, flashes, sessions
+from services.registrar.store import log_tree
+from services.registrar.transparency import progress as log_progress
 from services.registrar.verify import last_verification
 
 log = get_logger("operations.console")
@@ -244,7 +246,8 @@ class Console:
         broker = self.bootstrap()
         out: dict[str, Any] = {"broker_unknown": broker is None}
         for key, read in (("overview", lambda: self._overview(broker)),
-                          ("deadletters", self._open_deadletters), ("verification", self._verification),
+                          ("log", self._log), ("deadletters", self._open_deadletters),
+                          ("verification", self._verification),
                           ("reports", self._reports)):
             try:
                 out[key] = read()
@@ -283,6 +286,14 @@ class Console:
         from services.operations import deadletters
 
         return [x for x in deadletters.list_all(self.settings) if x["status"] == "open"]
+
+    def _log(self) -> dict[str, Any] | None:
+        """The log's tree and newest checkpoint, from the registrar's tables (no broker needed)."""
+        with self.registrar_engine.connect() as conn:
+            if not inspect(conn).has_table(log_tree.name):
+                return None
+            progress = log_progress.read(conn)
+        return {**progress.view(_now()), "checkpoint_signed_at": progress.signed_at}  # fmt shows the time
 
     def _verification(self) -> dict[str, Any] | None:
         return last_verification(self.registrar_engine)

@@ -5,11 +5,12 @@ acknowledgement and how many deliveries (and for how long) wait for one.
 
 `gather(settings, bootstrap)` answers from broker metadata (topic partitions and end offsets,
 consumer groups, their members and committed offsets) and the services' own tables, read
-only: the registrar's chain head and relay progress, the distributor's ledger, the dead
-letters. It never reads a topic whole: at most the single record at the distributor's cursor
-of a partition, to date the oldest event it has not read yet. With `sample=True` it also
-records the groups' readings in operations_group_samples, the window their status is judged
-over (services.operations.status), so a one-shot `rod topics` can judge as well.
+only: the registrar's chain head, relay progress and log (tree size, the newest checkpoint),
+the distributor's ledger, the dead letters. It never reads a topic whole: at most the single
+record at the distributor's cursor of a partition, to date the oldest event it has not read
+yet. With `sample=True` it also records the groups' readings in operations_group_samples, the
+window their status is judged over (services.operations.status), so a one-shot `rod topics`
+can judge as well.
 
 `Monitor` is `rod up`'s sampler: it gathers every ROD_MONITOR_INTERVAL_SECONDS and keeps the
 last overview in memory for /metrics.
@@ -47,7 +48,8 @@ from services.kernel.logging import get_logger
 from services.kernel.settings import Settings
 from services.operations import status as judging
 from services.operations.store import OperationsStore, group_samples
-from services.registrar.store import chain_head, events, relay_offsets, relay_progress
+from services.registrar.store import chain_head, events, log_tree, relay_offsets, relay_progress
+from services.registrar.transparency import progress as log_progress
 
 log = get_logger("operations.overview")
 
@@ -174,6 +176,7 @@ class _Registrar:
     published: int = 0
     relay_ends: dict[int, int] = field(default_factory=dict)  # partition -> end the relay wrote
     next_recorded_at: datetime | None = None  # of the first stored event not yet published
+    log: log_progress.LogProgress | None = None  # None: a store from before the log's tables
 
 
 def _read_registrar(settings: Settings) -> tuple[_Registrar, Engine]:
@@ -191,6 +194,8 @@ def _read_registrar(settings: Settings) -> tuple[_Registrar, Engine]:
         if out.stored > out.published:
             query = select(events.c.recorded_at).where(events.c.position == out.published + 1)
             out.next_recorded_at = _utc(conn.execute(query).scalar_one_or_none())
+        if inspect(conn).has_table(log_tree.name):
+            out.log = log_progress.read(conn)
     return out, engine
 
 
@@ -432,7 +437,7 @@ def _operations(settings: Settings) -> OperationsStore:
 
 
 def gather(settings: Settings, bootstrap: str, *, sample: bool = True) -> dict[str, Any]:
-    """The `rod topics --json` object: topics, relay, groups, subscriptions, deadletters.
+    """The `rod topics --json` object: topics, relay, log, groups, subscriptions, deadletters.
 
     Raises Unreachable naming the broker or the database that did not answer.
     """
@@ -523,6 +528,7 @@ def gather(settings: Settings, bootstrap: str, *, sample: bool = True) -> dict[s
     return {
         "topics": topics,
         "relay": relay,
+        "log": registrar.log.view(moment) if registrar.log else None,
         "groups": groups,
         "subscriptions": subscriptions,
         "consumers": consumers,
@@ -542,6 +548,7 @@ def needs_attention(overview: dict[str, Any], pending_age_limit: float | None = 
     relay = overview["relay"]
     if relay.get("status", judging.OK) != judging.OK:
         found.append(f"relay {relay['status']}: {relay['lag']} stored events not published")
+    found += log_attention(overview.get("log"))
     for g in overview["groups"]:
         if g["status"] != judging.OK:
             found.append(f"group {g['group']} on {g['topic']}: {g['status']}, lag {g['lag']}")
@@ -558,6 +565,16 @@ def needs_attention(overview: dict[str, Any], pending_age_limit: float | None = 
     if overview["deadletters"].get("open"):
         found.append(f"{overview['deadletters']['open']} dead letters open")
     return found
+
+
+def log_attention(log_view: dict[str, Any] | None) -> list[str]:
+    """What needs attention in the overview's `log` object: checkpoints that stopped while events wait."""
+    if not log_view or log_view.get("status") != log_progress.STALLED:
+        return []
+    signed = log_view.get("checkpoint_age_seconds")
+    newest = f"the newest was signed {signed:.0f} s ago" if signed is not None else "none was signed yet"
+    return [f"log: {log_view['unsigned_events']} stored events in no signed checkpoint, {newest} "
+            f"(is the log component running?)"]
 
 
 class Monitor:

@@ -2,8 +2,8 @@
 
 Counters and histograms live in the process-wide registry, so every service in the process
 shows up on one `/metrics` (the distributor's, the audit's and the operations overview's
-register there too). Relay position and lag are read from the event store at scrape time by
-a collector bound to one store (a registry of its own, per app).
+register there too). Relay position and lag, and the log's tree and checkpoints, are read from
+the event store at scrape time by collectors bound to one store (a registry of its own, per app).
 
 ROD_METRICS=off serves no `/metrics` at all (the benchmark's baseline); counting stays on,
 it costs well under a microsecond per event.
@@ -22,6 +22,7 @@ from sqlalchemy import select
 
 from services.registrar.rules import DELETION_REASONS
 from services.registrar.store import EventStore, chain_head, relay_progress
+from services.registrar.transparency.metrics import LogCollector
 
 REGISTRATIONS = Counter(
     "rod_registrations_total",
@@ -95,6 +96,7 @@ class Metrics:
     def __init__(self, event_store: EventStore) -> None:
         self.own = CollectorRegistry(auto_describe=True)
         self.own.register(RelayCollector(event_store))
+        self.own.register(LogCollector(event_store))
 
     def render(self) -> bytes:
         return generate_latest(REGISTRY) + generate_latest(self.own)

@@ -1,6 +1,6 @@
-"""The operator console `/ops` over real HTTP (uvicorn), with the relay and the distributor running
-on the real local broker: who may look and act, the actions and their record on
-rod.operations.v1, and the page in a real headless Chromium."""
+"""The operator console `/ops` over real HTTP (uvicorn), with the relay, the distributor and the
+log component running on the real local broker: who may look and act, the actions and their
+record on rod.operations.v1, the log's newest checkpoint, and the page in a real headless Chromium."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +30,7 @@ from services.operations.identity import add_operator
 from services.operations.store import OperationsStore, actions
 from services.registrar.relay import Relay
 from services.registrar.store import EventStore
+from services.registrar.transparency.service import LogService
 from tests import browser
 from tests.integration.apiserver import RunningApi, registration, running_api
 from tests.support import LOG_SINK, PERSON_NUMBERS, read_topic, run_rod, settings_env
@@ -42,6 +43,8 @@ class Ops:
     api: RunningApi
     settings: Settings
     operator_token: str
+    log_stop: threading.Event  # set it to stop the log component (tree builder and checkpoint signer)
+    log_worker: threading.Thread
 
     def client(self, token: str | None = None, **kwargs: object) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -71,8 +74,10 @@ class Ops:
 
 
 @pytest.fixture
-def ops(tmp_path: Path, broker: str) -> Iterator[Ops]:
-    """The HTTP app with the console, the relay and a (solo) distributor, and one operator, alice."""
+def ops(tmp_path: Path, broker: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ops]:
+    """The HTTP app with the console, the relay, a (solo) distributor and the log component, and one
+    operator, alice."""
+    monkeypatch.setenv("ROD_LOG_CHECKPOINT_SECONDS", "0.5")
     settings = Settings.from_env({
         "ROD_DATA_DIR": str(tmp_path / "var"), "ROD_KAFKA_BOOTSTRAP": broker,
         "ROD_DATABASE_URL": f"sqlite:///{tmp_path / 'rod.db'}",
@@ -84,16 +89,20 @@ def ops(tmp_path: Path, broker: str) -> Iterator[Ops]:
     stop = threading.Event()
     relay = Relay(EventStore(settings.database_urls["registrar"]), settings, broker)
     distributor = Distributor(settings, broker, group=False)
+    log_stop = threading.Event()
+    log_worker = threading.Thread(target=LogService(settings, broker).run, args=(log_stop,), daemon=True)
     workers = [threading.Thread(target=relay.run, args=(stop,), daemon=True),
                threading.Thread(target=distributor.run, args=(stop,), daemon=True)]
-    for worker in workers:
+    for worker in [*workers, log_worker]:
         worker.start()
     try:
         with running_api(settings, bootstrap=broker) as api:
-            yield Ops(api, dataclasses.replace(settings, catalogue=api.settings.catalogue), token)
+            yield Ops(api, dataclasses.replace(settings, catalogue=api.settings.catalogue), token,
+                      log_stop, log_worker)
     finally:
         stop.set()
-        for worker in workers:
+        log_stop.set()
+        for worker in [*workers, log_worker]:
             worker.join(30)
         relay.close()
         distributor.close()
@@ -275,6 +284,46 @@ def test_the_console_shows_the_last_verify_and_reports_and_no_person_number(ops:
     assert "chain intact</span> up to position 4" in page.text
     assert f"<td>{period}</td>" in page.text and "<td>25BE</td>" in page.text  # the reports just published
     assert not [n for n in PERSON_NUMBERS if n in page.text]
+
+
+def _page_when(ops: Ops, done: Callable[[str], bool], timeout: float = 30) -> str:
+    """/ops as alice sees it, once `done` holds for the page's HTML."""
+    deadline = time.monotonic() + timeout
+    with ops.client(ops.operator_token) as operator:
+        while not done(page := operator.get("/ops").text):
+            assert time.monotonic() < deadline, page[-3000:]
+            time.sleep(0.3)
+    return page
+
+
+def test_the_console_shows_the_newest_checkpoint_and_warns_when_checkpoints_stop_while_events_wait(
+    ops: Ops, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def register(first: int, count: int) -> None:
+        with ops.api.client("25BE") as institution:
+            for i in range(first, first + count):
+                body = registration(person={"bsn": PERSON_NUMBERS[i]}, diploma_number=f"LOG-{i}")
+                assert institution.post("/v1/results", json=body).status_code == 201
+
+    register(0, 2)
+    page = _page_when(ops, lambda html: '<strong id="log-checkpoint-size">2</strong>' in html)
+    assert re.search(r'signed <strong id="log-checkpoint-age">[\d.,]+</strong> s ago', page)
+    assert '<span id="log-tree-behind">0</span> behind' in page
+    assert 'id="log-stalled"' not in page and 'class="problem"' not in page
+
+    ops.log_stop.set()  # the log component stops; events go on arriving
+    ops.log_worker.join(30)
+    register(2, 1)
+    monkeypatch.setenv("ROD_LOG_CHECKPOINT_ALERT_SECONDS", "0")  # the console judges with this limit
+    page = _page_when(ops, lambda html: 'id="log-stalled"' in html)
+    stalled = page.split('id="log-stalled">', 1)[1].split("</p>", 1)[0]
+    assert '<strong id="log-checkpoint-size">2</strong>' in stalled  # the newest is still the old one
+    assert '<span id="log-tree-behind">1</span> behind' in stalled
+    assert 'Stored events in no checkpoint yet: <span id="log-unsigned">1</span>' in stalled
+    assert '<span class="state-STALLED">STALLED</span>' in stalled
+    assert "<code>rod up --components log</code>" in stalled
+    assert '<p class="problem" id="log-stalled">' in page
+    assert not [n for n in PERSON_NUMBERS if n in page]
 
 
 def test_without_a_broker_address_the_overview_says_no_broker_is_known_and_logs_no_error(

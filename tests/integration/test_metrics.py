@@ -20,6 +20,7 @@ from tests.support import PERSON_NUMBERS, ROOT, run_rod, settings_env, start_rod
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "rodchain.json"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
+ALERT_TESTS = ROOT / "deploy" / "prometheus" / "alerts_test.yml"
 NO_PROMTOOL = "Debian package prometheus not installed (promtool missing)"
 _NAME = re.compile(r"\brod_[a-z0-9_]*[a-z0-9]")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
@@ -54,7 +55,9 @@ def test_the_deploy_files_name_metrics_of_every_service() -> None:
     for expected in ("rod_registrations_total", "rod_feed_messages_total",
                      "rod_subscription_pending_age_seconds", "rod_consumer_lag_messages",
                      "rod_deadletters_open", "rod_relay_lag_events",
-                     "rod_chain_broken", "rod_reports_published_total", "rod_extract_outbox_unpublished"):
+                     "rod_chain_broken", "rod_reports_published_total", "rod_extract_outbox_unpublished",
+                     "rod_log_checkpoint_age_seconds", "rod_log_checkpoint_behind_events",
+                     "rod_log_tree_behind_events", "rod_log_checkpoints_unpublished"):
         assert expected in names
 
 
@@ -67,6 +70,17 @@ def test_the_alerting_rules_pass_promtool() -> None:
     for rule in re.findall(r"- alert: (\w+)", ALERTS.read_text()):
         block = ALERTS.read_text().split(f"- alert: {rule}", 1)[1].split("- alert:", 1)[0]
         assert "summary:" in block and "docs/operations.md#" in block, rule
+
+
+def test_the_alerts_fire_and_stay_quiet_as_their_promtool_unit_tests_expect() -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip(NO_PROMTOOL)
+    tested = set(re.findall(r"alertname: (\w+)", ALERT_TESTS.read_text()))
+    assert "RodLogCheckpointsStalled" in tested
+    assert tested <= set(re.findall(r"- alert: (\w+)", ALERTS.read_text()))
+    checked = subprocess.run([promtool, "test", "rules", str(ALERT_TESTS)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 def _wait_for(url: str, ready, timeout: float = 90.0) -> str:  # noqa: ANN001 - a predicate over the scrape
@@ -131,6 +145,9 @@ def test_a_live_scrape_covers_every_service_and_carries_no_personal_data(
             all(n in s for n in names) and total(s, "rod_feed_messages_total", 'kind="withdrawal"') >= 3
             and total(s, "rod_audit_projected_total", 'kind="event"') >= 4
             and bool(s.get("rod_subscription_pending_events"))
+            and total(s, "rod_log_checkpoint_tree_size") >= 4
+            and total(s, "rod_log_checkpoint_behind_events") == 0
+            and total(s, "rod_log_checkpoints_unpublished") == 0
             and any(distributor_group in ls for ls, _v in s.get("rod_consumer_lag_messages", []))))
     finally:
         stop_rod_up(proc)
@@ -150,6 +167,11 @@ def test_a_live_scrape_covers_every_service_and_carries_no_personal_data(
     assert total(found, "rod_chain_broken") == 0
     assert total(found, "rod_chain_verified_position") >= 4
     assert total(found, "rod_audit_projected_total", 'kind="event"') >= 4
+    # the log component built the tree over every stored event, signed it and published the checkpoint
+    stored = total(found, "rod_store_position")
+    assert total(found, "rod_log_tree_size") == total(found, "rod_log_checkpoint_tree_size") == stored
+    assert total(found, "rod_log_tree_behind_events") == 0
+    assert 0 <= total(found, "rod_log_checkpoint_age_seconds") < 60
     assert {"distributor", "audit", "registrar"} <= {
         dict(_LABELS.findall(labels))["service"] for labels, _v in found["rod_deadletters_open"]}
     groups = {dict(_LABELS.findall(labels))["group"] for labels, _v in found["rod_consumer_lag_messages"]}

@@ -1,8 +1,10 @@
-"""`rod topics` over a scripted run: real broker, real `rod` processes, SQLite stores."""
+"""`rod topics` over a scripted run: real broker, real `rod` processes (the distributor and
+`rod up --components log`, the tree builder and checkpoint signer), SQLite stores."""
 
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -22,6 +24,7 @@ from tests.support import PERSON_NUMBERS, read_topic, run_rod, settings_env
 
 WINDOW = 3.0  # ROD_LAG_WINDOW_SECONDS: the status window, short for the test
 RESULTS = "rod.results.v1"
+CHECKPOINTS = "rod.checkpoints.v1"
 GROUP = "rod-distributor"
 
 
@@ -100,6 +103,20 @@ def start_distributor(env: dict[str, str]) -> subprocess.Popen[bytes]:
     )
 
 
+def start_log(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """The log component alone, as an operator splits `rod up` over processes."""
+    rod = Path(sys.executable).with_name("rod")
+    return subprocess.Popen(
+        [str(rod), "up", "--components", "log"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+def signed(view: dict[str, Any], events: int) -> bool:
+    """The newest checkpoint covers `events` stored events and is on rod.checkpoints.v1."""
+    log = view["log"]
+    return log["checkpoint_tree_size"] == events and log["unpublished_checkpoints"] == 0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_rod_topics_shows_counts_a_paused_subscription_and_a_stopped_distributor(
@@ -111,6 +128,7 @@ def test_rod_topics_shows_counts_a_paused_subscription_and_a_stopped_distributor
     )
     register(env, tmp_path, 0, 6)
     distributor = start_distributor(env)
+    log_component = start_log(env)
     try:
         # 6 registrations: cibg-big gets the 3 BIG ones, mijnoverheid and extract all 6; and the
         # distributor's group caught up and OK
@@ -120,6 +138,7 @@ def test_rod_topics_shows_counts_a_paused_subscription_and_a_stopped_distributor
                 [s["delivered"] for s in v["subscriptions"]] == [3, 6, 6]
                 and all(s["pending"] == 0 for s in v["subscriptions"])
                 and group(v, settings)["lag"] == 0 and group(v, settings)["status"] == "OK"
+                and signed(v, 6)
             ),
         )
         assert_counts_match_feeds(settings, view)
@@ -127,7 +146,12 @@ def test_rod_topics_shows_counts_a_paused_subscription_and_a_stopped_distributor
         assert {t["name"] for t in view["topics"]} >= {
             settings.topic(RESULTS),
             settings.topic(FEEDS["extract"]),
+            settings.topic(CHECKPOINTS),
         }
+        log = view["log"]
+        assert (log["tree_size"], log["tree_behind"], log["unsigned_events"]) == (6, 0, 0)
+        assert log["status"] == "OK"
+        assert 0 <= log["checkpoint_age_seconds"] < 60 and log["checkpoint_signed_at"]
 
         # caught up, then nothing to read for longer than the window: OK, never STOPPED
         time.sleep(WINDOW + 1)
@@ -162,7 +186,8 @@ def test_rod_topics_shows_counts_a_paused_subscription_and_a_stopped_distributor
         run_rod("subscription", "resume", "mijnoverheid", "--reason", "test", env=env, check=True)
         view, _code = wait_for(
             env,
-            lambda v: subs(v)["mijnoverheid"]["pending"] == 0 and subs(v)["mijnoverheid"]["delivered"] == 10,
+            lambda v: subs(v)["mijnoverheid"]["pending"] == 0 and subs(v)["mijnoverheid"]["delivered"] == 10
+            and signed(v, 10),
         )
         assert subs(view)["mijnoverheid"]["state"] == "running"
         assert subs(view)["mijnoverheid"]["pending_age_seconds"] is None
@@ -172,8 +197,9 @@ def test_rod_topics_shows_counts_a_paused_subscription_and_a_stopped_distributor
         )
         assert code == 0, view
     finally:
-        distributor.send_signal(signal.SIGKILL)
-        distributor.wait(30)
+        for process in (distributor, log_component):
+            process.send_signal(signal.SIGKILL)
+            process.wait(30)
 
     # the distributor is gone: its group is STOPPED, and its lag is shown and grows
     register(env, tmp_path, 10, 3)
@@ -193,6 +219,22 @@ def test_rod_topics_shows_counts_a_paused_subscription_and_a_stopped_distributor
     assert text.returncode == 1
     assert "STOPPED" in text.stdout and "ATTENTION" in text.stdout
     assert not [n for n in PERSON_NUMBERS if n in text.stdout + text.stderr]
+
+    # the log component is gone too: 5 events wait outside the newest checkpoint; with a limit
+    # of 1 s (60 s by default) that is a stall that needs attention
+    assert view["log"]["unsigned_events"] == 5
+    quick = {**env, "ROD_LOG_CHECKPOINT_ALERT_SECONDS": "1"}
+    view, code = wait_for(quick, lambda v: v["log"]["status"] == "STALLED", timeout=30)
+    log = view["log"]
+    assert (log["checkpoint_tree_size"], log["tree_size"], log["tree_behind"], log["unsigned_events"]) == (
+        10, 10, 5, 5)
+    assert log["oldest_unsigned_age_seconds"] > 1 and log["checkpoint_age_seconds"] > 1
+    assert code == 1
+    text = run_rod("topics", env=quick)
+    assert text.returncode == 1
+    assert re.search(r"^LOG  checkpoint 10 events, signed \d+s ago  tree 10 \(5 behind\)  unsigned events 5  "
+                     r"unpublished 0  STALLED$", text.stdout, re.M), text.stdout
+    assert "ATTENTION: log: 5 stored events in no signed checkpoint" in text.stdout
 
 
 def test_rod_topics_exits_2_naming_the_broker_when_it_is_away(tmp_path: Path) -> None:
