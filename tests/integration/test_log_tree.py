@@ -21,7 +21,7 @@ from services.kernel import chain
 from services.kernel.settings import Settings
 from services.registrar.catalogue import Catalogue
 from services.registrar.commands import Registrar
-from services.registrar.store import EventStore, chain_head, events
+from services.registrar.store import EventStore, chain_head, events, log_nodes
 from services.registrar.transparency.checkpoint import Signer
 from services.registrar.transparency.keys import LogIdentity
 from services.registrar.transparency.service import LogService
@@ -181,3 +181,26 @@ def test_a_checkpoint_signed_with_another_key_is_named(registrar: Registrar, ser
     other = Signer.generate(ORIGIN)
     verdict = verify_log(registrar.store, other.verifier, ORIGIN)
     assert not verdict.ok and verdict.code == "CHECKPOINT_SIGNATURE" and verdict.checkpoint == 3
+
+
+def test_a_wrong_inner_node_is_found_though_every_root_still_matches(
+    registrar: Registrar, service: LogService
+) -> None:
+    """The roots read only the top subtrees: a corrupted lower node would pass them, yet break
+    every inclusion proof through it."""
+    register(registrar, 0, 20)
+    service.build()
+    service.sign_due(force=True)
+    with registrar.store.engine.begin() as conn:
+        conn.execute(update(log_nodes).where(log_nodes.c.level == 2, log_nodes.c.idx == 3)
+                     .values(hash=bytes(32)))
+    tree = StoredTree(registrar.store)
+    leaves = event_hashes(registrar.store)
+    assert tree.root(20) == rfc.mth(leaves)  # the roots cannot tell
+    through = tree.inclusion_proof(9, 20)  # leaf 9's path has the subtree of leaves 12..15
+    assert not rfc.verify_inclusion(rfc.mth(leaves[9:10]), 9, 20, through, rfc.mth(leaves))
+    verdict = verify_log(registrar.store, service.identity.signer.verifier, ORIGIN)
+    assert not verdict.ok and verdict.code == "TREE_MISMATCH" and verdict.position == 13  # leaves 12..15
+    assert "(2, 3)" in (verdict.reason or "")
+    tree.rebuild()
+    assert verify_log(registrar.store, service.identity.signer.verifier, ORIGIN).ok

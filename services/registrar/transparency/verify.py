@@ -4,8 +4,9 @@
 2. each checkpoint is consistent with the next (RFC 9162 §2.1.4 proofs from the stored tree,
    checked as an outsider would);
 3. every checkpoint's root equals the root recomputed from the store's events (streamed
-   once, folding the leaves as they come: no tree is held in memory), and so does the
-   stored tree's; the first event whose leaf differs from the stored tree's is named.
+   once, folding the leaves as they come: no tree is held in memory), and every stored node
+   equals the one recomputed (a wrong inner node would break the proofs through it); the
+   first event under the first node that differs is named.
 
 An operator who rewrites an event and re-hashes every later one passes `rod verify`'s chain
 walk, but not this: the checkpoints signed before the rewrite no longer match.
@@ -16,8 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import select
+from sqlalchemy.engine import Connection
 
-from services.registrar.store import EventStore, events
+from services.registrar.store import EventStore, events, log_nodes
 from services.registrar.transparency import merkle
 from services.registrar.transparency.checkpoint import NoteError, Verifier, open_checkpoint
 from services.registrar.transparency.tree import BATCH, CheckpointLog, StoredCheckpoint, StoredTree, TreeError
@@ -44,13 +46,18 @@ class _Fold:
         self.stack: list[tuple[int, bytes]] = []  # (level, hash), levels strictly decreasing
         self.size = 0
 
-    def add(self, leaf: bytes) -> None:
+    def add(self, leaf: bytes) -> list[tuple[int, int, bytes]]:
+        """Append a leaf hash; returns the subtrees it completes (level, index, hash), itself first."""
+        index = self.size
         level, value = 0, leaf
+        completed = [(0, index, leaf)]
         while self.stack and self.stack[-1][0] == level:
             _, left = self.stack.pop()
             value, level = merkle.node_hash(left, value), level + 1
+            completed.append((level, index >> level, value))
         self.stack.append((level, value))
         self.size += 1
+        return completed
 
     def root(self) -> bytes:
         if not self.stack:
@@ -112,18 +119,15 @@ def _check_against_events(
     stored_size = tree.size()
     due = iter(checkpoints)
     waiting = next(due, None)
-    first_leaf_diff: int | None = None
+    differs: tuple[int, int] | None = None  # the stored node (level, index) first found wrong
     failed: StoredCheckpoint | None = None
-    stored_root_ok: bool | None = None
 
     def settle() -> None:
-        nonlocal waiting, failed, stored_root_ok
+        nonlocal waiting, failed
         while waiting is not None and waiting.tree_size == fold.size:
             if failed is None and fold.root() != waiting.root_hash:
                 failed = waiting
             waiting = next(due, None)
-        if fold.size == stored_size:
-            stored_root_ok = fold.root() == tree.root(stored_size)
 
     settle()
     with store.reading() as conn:
@@ -132,32 +136,52 @@ def _check_against_events(
                                 .order_by(events.c.position).limit(BATCH)).all()
             if not rows:
                 break
-            stored = dict(tree.leaves(fold.size, BATCH)) if first_leaf_diff is None else {}
+            made: list[tuple[int, int, bytes]] = []
             for row in rows:
                 if row.position != fold.size + 1:
                     return LogVerdict(False, len(checkpoints), fold.size, "POSITION_MISSING",
                                       f"position {fold.size + 1} is missing", position=fold.size + 1)
-                leaf = merkle.leaf_hash(bytes(row.hash))
-                if first_leaf_diff is None and fold.size < stored_size and stored.get(fold.size) != leaf:
-                    first_leaf_diff = row.position
-                fold.add(leaf)
+                made += fold.add(merkle.leaf_hash(bytes(row.hash)))
                 settle()
+            if differs is None:
+                differs = _first_stored_difference(conn, made, stored_size)
     total = fold.size
+    position = (differs[1] << differs[0]) + 1 if differs else None  # the first event under it
     if waiting is not None:  # a checkpoint of more events than the store holds
         return LogVerdict(False, len(checkpoints), total, "CHECKPOINT_BEYOND_STORE",
                           f"checkpoint {waiting.tree_size} is beyond the store's {total} events",
-                          checkpoint=waiting.tree_size, position=first_leaf_diff)
+                          checkpoint=waiting.tree_size, position=position)
     if stored_size > total:
         return LogVerdict(False, len(checkpoints), total, "TREE_BEYOND_STORE",
                           f"the stored tree holds {stored_size} leaves, the store {total} events")
     if failed is not None:
-        where = f"; the first event that differs from the tree is at position {first_leaf_diff}" \
-            if first_leaf_diff else ""
+        where = f"; the first event that differs from the tree is at position {position}" if position else ""
         return LogVerdict(False, len(checkpoints), total, "ROOT_MISMATCH",
                           f"checkpoint {failed.tree_size} no longer matches the store's events{where}",
-                          checkpoint=failed.tree_size, position=first_leaf_diff)
-    if first_leaf_diff is not None or stored_root_ok is False:
+                          checkpoint=failed.tree_size, position=position)
+    if differs is not None:
+        level, index = differs
         return LogVerdict(False, len(checkpoints), total, "TREE_MISMATCH",
-                          f"the stored tree differs from the store's events at position {first_leaf_diff}",
-                          position=first_leaf_diff)
+                          f"the stored tree's node ({level}, {index}) differs from the store's events "
+                          f"(the subtree from position {position}): `rod log rebuild` mends it",
+                          position=position)
     return LogVerdict(True, len(checkpoints), total)
+
+
+def _first_stored_difference(
+    conn: Connection, made: list[tuple[int, int, bytes]], stored_size: int
+) -> tuple[int, int] | None:
+    """The stored node that differs from the recomputed ones (within the stored tree): the
+    lowest level first (a differing leaf names its event exactly), then the earliest; one range
+    read per level."""
+    by_level: dict[int, dict[int, bytes]] = {}
+    for level, index, value in made:
+        if (index + 1) << level <= stored_size:
+            by_level.setdefault(level, {})[index] = value
+    wrong: list[tuple[int, int]] = []
+    for level, computed in by_level.items():
+        rows = conn.execute(select(log_nodes.c.idx, log_nodes.c.hash).where(
+            log_nodes.c.level == level, log_nodes.c.idx.between(min(computed), max(computed))))
+        stored = {row.idx: bytes(row.hash) for row in rows}
+        wrong += [(level, index) for index, value in computed.items() if stored.get(index) != value]
+    return min(wrong) if wrong else None
