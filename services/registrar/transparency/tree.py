@@ -293,12 +293,14 @@ class CheckpointLog:
                              .values(partition=partition, offset=offset))
 
     def last_published(self) -> dict[int, int]:
-        """{partition: highest offset} of what was published: what the topic must still hold."""
+        """{partition: offset} of the newest published checkpoint: what the topic must still hold
+        (checkpoints go out oldest first, to one partition: the key is the origin). Walks back
+        from the newest, past the few not yet published."""
         with self.engine.connect() as conn:
-            rows = conn.execute(select(log_checkpoints.c.partition, func.max(log_checkpoints.c.offset))
-                                .where(log_checkpoints.c.partition.is_not(None))
-                                .group_by(log_checkpoints.c.partition)).all()
-        return {row[0]: row[1] for row in rows}
+            row = conn.execute(select(log_checkpoints.c.partition, log_checkpoints.c.offset)
+                               .where(log_checkpoints.c.partition.is_not(None))
+                               .order_by(log_checkpoints.c.tree_size.desc()).limit(1)).first()
+        return {row.partition: row.offset} if row else {}
 
     def forget_published(self) -> None:
         """The topic lost what was published: publish every checkpoint again."""
