@@ -154,51 +154,42 @@ class StoredTree:
 
     # --- answering -----------------------------------------------------------------------
 
-    def _answer(self, compute: Callable[[merkle.SubtreeHash], T], conn: Connection | None = None) -> T:
-        """Run `compute` over stored nodes: first to learn which nodes it reads (proofs do not
-        branch on hash values), then once more with those nodes read in one query."""
-        wanted: list[tuple[int, int]] = []
+    def _answer(self, compute: Callable[[merkle.SubtreeHash], T], within: int) -> T:
+        """Run `compute` over stored nodes of a tree of at least `within` leaves: first to learn
+        which nodes it reads (proofs do not branch on hash values), then once more with those
+        nodes read in one query; the size check and the read share one connection."""
+        with self.engine.connect() as conn:
+            stored = self._size(conn)
+            if within > stored:
+                raise TreeError(f"tree size {within} is beyond the stored tree ({stored})")
+            wanted: list[tuple[int, int]] = []
 
-        def record(level: int, index: int) -> bytes:
-            wanted.append((level, index))
-            return bytes(merkle.HASH_SIZE)
+            def record(level: int, index: int) -> bytes:
+                wanted.append((level, index))
+                return bytes(merkle.HASH_SIZE)
 
-        compute(record)
-        if conn is None:
-            with self.engine.connect() as own:
-                found = _read_nodes(own, wanted)
-        else:
+            compute(record)
             found = _read_nodes(conn, wanted)
         missing = [key for key in wanted if key not in found]
         if missing:
             raise TreeError(f"the stored tree lacks node {missing[0]}")
         return compute(lambda level, index: found[(level, index)])
 
-    def _within(self, *sizes: int) -> None:
-        stored = self.size()
-        for size in sizes:
-            if size > stored:
-                raise TreeError(f"tree size {size} is beyond the stored tree ({stored})")
-
     def root(self, size: int) -> bytes:
         """MTH of the first `size` leaves."""
-        self._within(size)
-        return self._answer(lambda node: merkle.root(node, size))
+        return self._answer(lambda node: merkle.root(node, size), size)
 
     def leaf(self, index: int) -> bytes:
         """The stored leaf hash of leaf `index` (the event at position index + 1)."""
-        self._within(index + 1)
-        return self._answer(lambda node: node(0, index))
+        return self._answer(lambda node: node(0, index), index + 1)
 
     def inclusion_proof(self, index: int, size: int) -> list[bytes]:
         """RFC 9162 §2.1.3.1 PATH(index, D[0:size]) from stored nodes."""
-        self._within(size)
-        return self._answer(lambda node: merkle.inclusion_proof(node, index, size))
+        return self._answer(lambda node: merkle.inclusion_proof(node, index, size), size)
 
     def consistency_proof(self, first: int, second: int) -> list[bytes]:
         """RFC 9162 §2.1.4.1 PROOF(first, D[0:second]) from stored nodes."""
-        self._within(second)
-        return self._answer(lambda node: merkle.consistency_proof(node, first, second))
+        return self._answer(lambda node: merkle.consistency_proof(node, first, second), second)
 
     def leaves(self, after: int = 0, limit: int = BATCH) -> list[tuple[int, bytes]]:
         """Stored leaf hashes (index, hash) from index `after` on, in order."""
