@@ -26,6 +26,9 @@ from tests.integration.apiserver import CATALOGUE
 from tests.integration.test_log_tree import event_hashes, open_with_cryptography, register, rewrite
 from tests.support import run_rod, settings_env
 
+# the commands on SQLite; the same store code on PostgreSQL is test_log_tree's and test_log_http's
+pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
 
 @dataclass
 class Logged:
