@@ -37,7 +37,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -47,6 +46,7 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.ingest import postgres_schema  # noqa: E402
 from services.kernel import logging as rod_logging  # noqa: E402
 from services.kernel.broker import free_port  # noqa: E402
 from services.kernel.settings import Settings  # noqa: E402
@@ -75,17 +75,7 @@ def fresh_store_url(database: str, workdir: Path, name: str) -> tuple[str, Calla
     """A URL of an empty store (an SQLite file, or a new PostgreSQL schema) and how to drop it."""
     if database == "sqlite":
         return f"sqlite:///{workdir / (name + '.db')}", lambda: None
-    schema = f"bench_{uuid.uuid4().hex[:8]}"
-    engine = sa.create_engine(database)
-    with engine.begin() as conn:
-        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-
-    def drop() -> None:
-        with engine.begin() as conn:
-            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
-        engine.dispose()
-
-    return f"{database}?options=-csearch_path%3D{schema}", drop
+    return postgres_schema(database)
 
 
 def import_rate(store: EventStore, path: Path, expected: int) -> tuple[float, float]:

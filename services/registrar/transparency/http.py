@@ -6,14 +6,14 @@
 Nothing here needs a token or carries personal data: a checkpoint is the tree's size and root,
 a proof is hashes. The checkpoint and key are answered `Cache-Control: no-cache` (a cache may
 keep them but must ask again: a new checkpoint comes every few seconds while events arrive).
-Database reads run on the blocking pool (`in_thread`), a few stored rows each.
+Reads are a few stored rows each: on the event loop for SQLite, on the blocking pool otherwise.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -28,6 +28,7 @@ from services.registrar.store import EventStore
 from services.registrar.transparency import proofs
 from services.registrar.transparency.tree import CheckpointLog, kept_verifier
 
+T = TypeVar("T")
 NO_CACHE = {"cache-control": "no-cache"}
 TEXT = "text/plain; charset=utf-8"
 _NUMBER = re.compile(r"-?[0-9]{1,18}")
@@ -70,16 +71,25 @@ def log_router(store: EventStore) -> APIRouter:
     router = APIRouter(tags=["log"])
     checkpoints = CheckpointLog(store)
 
+    # SQLite in WAL mode: a reader never waits for a writer, and a proof is well under a
+    # millisecond of local reads, so it runs on the event loop (the hop to a thread cost ~1 ms a
+    # proof, measured in process: p50 2.65 -> 1.58 ms). PostgreSQL's reads cross a network that
+    # may be slow or away: they stay on the blocking pool, so the API keeps answering.
+    local = store.engine.dialect.name == "sqlite"
+
+    async def read(function: Callable[..., T], *args: Any) -> T:
+        return function(*args) if local else await in_thread("log", function, *args)
+
     async def answer(compute: Callable[[], dict[str, Any]]) -> Response:
         try:
-            return JSONResponse(await in_thread("log", compute), headers=NO_CACHE)
+            return JSONResponse(await read(compute), headers=NO_CACHE)
         except proofs.ProofRefused as exc:
             raise ApiError(exc.status, [exc.problem]) from None
 
     @router.get("/v1/log/checkpoint", response_class=PlainTextResponse, responses={503: {"model": ErrorsOut}})
     async def checkpoint() -> Response:
         """The newest signed checkpoint: a C2SP tlog-checkpoint in a signed note (Ed25519)."""
-        latest = await in_thread("log", checkpoints.latest)
+        latest = await read(checkpoints.latest)
         if latest is None:
             raise ApiError(503, [problem("LOG_NO_CHECKPOINT")])
         return Response(latest.note, media_type=TEXT, headers=NO_CACHE)
@@ -87,7 +97,7 @@ def log_router(store: EventStore) -> APIRouter:
     @router.get("/v1/log/key", response_class=PlainTextResponse, responses={503: {"model": ErrorsOut}})
     async def key() -> Response:
         """The checkpoints' verifier key, `<name>+<key id hex>+<base64(0x01 || public key)>`."""
-        text = await in_thread("log", kept_verifier, store)
+        text = await read(kept_verifier, store)
         if text is None:
             raise ApiError(503, [problem("LOG_KEY_UNKNOWN")])
         return Response(text, media_type=TEXT, headers=NO_CACHE)
