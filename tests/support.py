@@ -9,8 +9,12 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from services.kernel.settings import Settings
+
+if TYPE_CHECKING:
+    from kafka import KafkaConsumer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,24 +83,29 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def read_topic(bootstrap: str, topic: str, at_least: int, timeout: float = 30.0) -> list:
-    """Every record on `topic` from the beginning, waiting until there are `at_least`."""
+def topic_partitions(consumer: KafkaConsumer, topic: str, timeout: float = 30.0) -> list:
+    """The partitions of `topic`, waiting until the broker knows the topic ([] after `timeout`)."""
     import time
 
     from kafka import TopicPartition
+
+    deadline = time.monotonic() + timeout
+    while not (found := consumer.partitions_for_topic(topic)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return [TopicPartition(topic, p) for p in sorted(found or ())]
+
+
+def read_topic(bootstrap: str, topic: str, at_least: int, timeout: float = 30.0) -> list:
+    """Every record on `topic` from the beginning, waiting until there are `at_least`."""
+    import time
 
     from services.kernel import kafka
 
     consumer = kafka.consumer(bootstrap, group_id=None)
     try:
         deadline = time.monotonic() + timeout
-        partitions = None
-        while partitions is None and time.monotonic() < deadline:
-            found = consumer.partitions_for_topic(topic)
-            partitions = [TopicPartition(topic, p) for p in sorted(found)] if found else None
-            if partitions is None:
-                time.sleep(0.2)
-        if partitions is None:
+        partitions = topic_partitions(consumer, topic, timeout)
+        if not partitions:
             return []
         consumer.assign(partitions)
         consumer.seek_to_beginning(*partitions)

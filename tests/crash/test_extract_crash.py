@@ -26,7 +26,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer
 from sqlalchemy import func, literal_column, select
 from sqlalchemy.engine import Engine
 
@@ -38,7 +38,7 @@ from services.kernel.codec import Codec
 from services.kernel.database import make_engine
 from services.kernel.settings import Settings
 from tests.fixtures.bulkfiles import COLUMNS, write_csv
-from tests.support import CRASH_KILLS, LOG_SINK, read_topic, run_rod, settings_env
+from tests.support import CRASH_KILLS, LOG_SINK, read_topic, run_rod, settings_env, topic_partitions
 
 CATALOGUE = Path(__file__).resolve().parents[1] / "fixtures" / "catalogue.csv"
 ROD = Path(sys.executable).with_name("rod")
@@ -130,13 +130,8 @@ class Topic:
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         self.consumer: KafkaConsumer = kafka.consumer(bootstrap, group_id=None)
-        found = self.consumer.partitions_for_topic(topic)
-        deadline = time.monotonic() + 30
-        while not found:
-            assert time.monotonic() < deadline, f"no topic {topic}"
-            time.sleep(0.2)
-            found = self.consumer.partitions_for_topic(topic)
-        self.partitions = [TopicPartition(topic, p) for p in sorted(found)]
+        self.partitions = topic_partitions(self.consumer, topic)
+        assert self.partitions, f"no topic {topic}"
         self.consumer.assign(self.partitions)
         self.consumer.seek_to_beginning(*self.partitions)
         self.codec = Codec()

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer
 from sqlalchemy import select
 
 from services.kernel import kafka
@@ -47,7 +47,7 @@ from services.registrar.transparency.tree import CheckpointLog, StoredCheckpoint
 from services.registrar.transparency.verify import verify_log
 from tests import rfc9162_reference as rfc
 from tests.fixtures.bulkfiles import write_csv
-from tests.support import CRASH_KILLS, LOG_SINK, read_topic, run_rod, settings_env
+from tests.support import CRASH_KILLS, LOG_SINK, read_topic, run_rod, settings_env, topic_partitions
 
 CATALOGUE = Path(__file__).resolve().parents[1] / "fixtures" / "catalogue.csv"
 ROD = Path(sys.executable).with_name("rod")
@@ -116,13 +116,8 @@ class Topic:
 
     def __init__(self, bootstrap: str, name: str) -> None:
         self.consumer: KafkaConsumer = kafka.consumer(bootstrap, group_id=None)
-        found = self.consumer.partitions_for_topic(name)
-        deadline = time.monotonic() + 30
-        while not found:
-            assert time.monotonic() < deadline, f"no topic {name}"
-            time.sleep(0.2)
-            found = self.consumer.partitions_for_topic(name)
-        self.partitions = [TopicPartition(name, p) for p in sorted(found)]
+        self.partitions = topic_partitions(self.consumer, name)
+        assert self.partitions, f"no topic {name}"
 
     def end(self) -> int:
         return sum(self.consumer.end_offsets(self.partitions).values())
