@@ -107,14 +107,18 @@ EXPLANATIONS = {"FRAUD": "Fraude vastgesteld door de examencommissie", "OTHER": 
 # The counts add up to INSTITUTION_COUNT; a sector's results are spread over the
 # institutions that serve it by their size.
 _KINDS: tuple[tuple[str, int, tuple[str, ...], float, str, float], ...] = (
-    ("vo", 1010, ("VO",), 0.8, "Scholengemeenschap", 0.0),
-    ("vo-pro", 150, ("PRO", "VO"), 0.8, "Scholengemeenschap", 0.0),
-    ("pro", 60, ("PRO",), 0.6, "Praktijkschool", 0.0),
-    ("vso", 320, ("VSO",), 0.6, "School voor voortgezet speciaal onderwijs", 0.0),
-    ("mbo", 70, ("MBO",), 1.0, "ROC", 0.0),
-    ("hbo", 140, ("HO",), 1.1, "Hogeschool", 1 / 3),
+    ("vo", 1010, ("VO",), 0.4, "Scholengemeenschap", 0.0),
+    ("vo-pro", 150, ("PRO", "VO"), 0.4, "Scholengemeenschap", 0.0),
+    ("pro", 60, ("PRO",), 0.4, "Praktijkschool", 0.0),
+    ("vso", 320, ("VSO",), 0.4, "School voor voortgezet speciaal onderwijs", 0.0),
+    ("mbo", 70, ("MBO",), 0.5, "ROC", 0.0),
+    ("hbo", 140, ("HO",), 0.9, "Hogeschool", 1 / 3),
     ("wo", 50, ("HO",), 0.9, "Universiteit", 1 / 3),
 )
+# The share of a sector's results whose programme has a BIG profession (nurses, doctors,
+# physiotherapists ...: a few percent); the shipped catalogue is small and lists them
+# prominently, so without weights a quarter of all results would go to CIBG.
+BIG_SHARE: dict[str, float] = {"HO": 0.07, "MBO": 0.035}
 assert sum(k[1] for k in _KINDS) == INSTITUTION_COUNT
 _BULK_COLUMNS = tuple(FIELD_NAMES)  # the registrar's bulk-file columns (Dutch names)
 _REGISTER_COLUMNS = tuple(c for c in _BULK_COLUMNS if c not in ("reden", "toelichting"))
@@ -185,37 +189,38 @@ def plan(n: int = DEFAULT_RESULTS, seed: int = DEFAULT_SEED,
          insts: list[GeneratedInstitution] | None = None) -> Iterator[Batch]:
     """The batches in order (year by year; within a year the institutions in a seeded order).
 
-    Counts come from one largest-remainder split of `n` over every (year, sector,
-    institution) cell, so they add up to `n` exactly and are the same for the same seed.
+    `n` is split over the years, each year's count over its sectors, each sector's over the
+    institutions serving it by size (largest remainder at each step): the counts add up to
+    `n` exactly, the sector shares hold at any `n`, and only one year is planned at a time.
     """
     insts = institutions(seed) if insts is None else insts
-    cells: list[tuple[int, str, int, float]] = []  # (year, sector, institution index, weight)
-    for year in range(FIRST_YEAR, LAST_YEAR + 1):
-        year_weight = (1 + YEAR_GROWTH) ** (year - FIRST_YEAR)
-        sectors = {s: w for s, w in SECTOR_SHARES.items()
-                   if s not in ("PRO", "VSO") or year >= PRO_VSO_FIRST_YEAR}
-        scale = sum(sectors.values())
-        for sector, share in sectors.items():
-            serving = [(i, inst.size) for i, inst in enumerate(insts) if sector in inst.sectors]
-            total_size = sum(size for _i, size in serving)
-            for i, size in serving:
-                cells.append((year, sector, i, year_weight * share / scale * size / total_size))
-    weight_sum = sum(c[3] for c in cells)
-    exact = [n * c[3] / weight_sum for c in cells]
-    counts = [int(x) for x in exact]
-    short = n - sum(counts)
-    # Ties broken by cell order: deterministic, no rng needed.
-    for k in sorted(range(len(cells)), key=lambda k: counts[k] - exact[k])[:short]:
-        counts[k] += 1
-    by_batch: dict[tuple[int, int], list[tuple[str, int]]] = {}
-    for (year, sector, i, _w), count in zip(cells, counts, strict=True):
-        if count:
-            by_batch.setdefault((year, i), []).append((sector, count))
-    for year in range(FIRST_YEAR, LAST_YEAR + 1):
-        order = sorted(i for (y, i) in by_batch if y == year)
+    years = range(FIRST_YEAR, LAST_YEAR + 1)
+    serving = {sector: [i for i, inst in enumerate(insts) if sector in inst.sectors]
+               for sector in SECTOR_SHARES}
+    sizes = {sector: [insts[i].size for i in members] for sector, members in serving.items()}
+    for year, year_count in zip(years, _split(n, [(1 + YEAR_GROWTH) ** (y - FIRST_YEAR) for y in years]),
+                                strict=True):
+        sectors = [s for s in SECTOR_SHARES if s not in ("PRO", "VSO") or year >= PRO_VSO_FIRST_YEAR]
+        by_institution: dict[int, list[tuple[str, int]]] = {}
+        for sector, sector_count in zip(sectors, _split(year_count, [SECTOR_SHARES[s] for s in sectors]),
+                                        strict=True):
+            for i, count in zip(serving[sector], _split(sector_count, sizes[sector]), strict=True):
+                if count:
+                    by_institution.setdefault(i, []).append((sector, count))
+        order = sorted(by_institution)
         random.Random(f"order/{seed}/{year}").shuffle(order)
         for i in order:
-            yield Batch(year, insts[i], tuple(by_batch[(year, i)]))
+            yield Batch(year, insts[i], tuple(by_institution[i]))
+
+
+def _split(total: int, weights: list[float]) -> list[int]:
+    """`total` in whole parts proportional to `weights` (largest remainder; ties to the first)."""
+    weight_sum = sum(weights)
+    exact = [total * w / weight_sum for w in weights]
+    counts = [int(x) for x in exact]
+    for k in sorted(range(len(weights)), key=lambda k: counts[k] - exact[k])[: total - sum(counts)]:
+        counts[k] += 1
+    return counts
 
 
 def results(n: int = DEFAULT_RESULTS, seed: int = DEFAULT_SEED) -> Iterator[dict[str, str | None]]:
@@ -257,13 +262,15 @@ class _Generator:
         self.seed = seed
         self.institutions = institutions(seed)
         catalogue = catalogue or Catalogue.load(None)
-        self.programmes: dict[tuple[str, bool], list[Programme]] = {}
+        # Per (sector, funded): the programme codes and their cumulative weights.
+        self.programmes: dict[tuple[str, bool], tuple[list[str], list[float]]] = {}
         for sector in SECTOR_SHARES:
             diplomas = [p for p in catalogue if p.sector == sector and p.kind == "diploma"]
-            self.programmes[(sector, True)] = diplomas
-            self.programmes[(sector, False)] = [p for p in diplomas if p.recognised]
-            if not diplomas:
-                raise ValueError(f"the catalogue has no diploma programme for sector {sector}")
+            for funded in (True, False):
+                allowed = diplomas if funded else [p for p in diplomas if p.recognised]
+                if not allowed:
+                    raise ValueError(f"the catalogue has no programme an institution of {sector} may deliver")
+                self.programmes[(sector, funded)] = _programme_weights(allowed, BIG_SHARE.get(sector))
         self._days: dict[tuple[int, str], tuple[list[str], list[float]]] = {}
         reasons = list(DELETION_MIX)
         self._reasons = reasons
@@ -293,8 +300,8 @@ class _Generator:
         branches = inst.branches
         branch_count = len(branches)
         for sector, count in batch.counts:
-            programmes = [p.code for p in self.programmes[(sector, inst.funded)]]
-            programme_count = len(programmes)
+            programmes, programme_cum = self.programmes[(sector, inst.funded)]
+            programme_top = programme_cum[-1]
             days, cum = self.dates(batch.year, sector)
             top = cum[-1]
             onr_share = ONDERWIJSNUMMER_SHARE[sector]
@@ -312,7 +319,7 @@ class _Generator:
                     "branch": branches[int(random_() * branch_count)],
                     "provider": provider,
                     "sector": sector,
-                    "programme_code": programmes[int(random_() * programme_count)],
+                    "programme_code": programmes[bisect.bisect(programme_cum, random_() * programme_top)],
                     "diploma_number": f"{prefix}{seq}",
                     "diploma_date": days[bisect.bisect(cum, random_() * top)],
                 }
@@ -320,6 +327,17 @@ class _Generator:
                 if random_() < DELETION_SHARE:
                     reason = self._reasons[bisect.bisect(self._reason_cum, random_() * self._reason_cum[-1])]
                 yield row, reason
+
+
+def _programme_weights(programmes: list[Programme], big_share: float | None) -> tuple[list[str], list[float]]:
+    """Codes and cumulative weights: BIG programmes together `big_share`, the rest evenly."""
+    big = [p for p in programmes if p.big_profession]
+    if big_share is None or not big or len(big) == len(programmes):
+        weights = [1.0] * len(programmes)
+    else:
+        other = (1 - big_share) / (len(programmes) - len(big))
+        weights = [big_share / len(big) if p.big_profession else other for p in programmes]
+    return [p.code for p in programmes], list(itertools.accumulate(weights))
 
 
 def _weights(weights: tuple[int, ...]) -> list[int]:
