@@ -9,6 +9,8 @@ import tracemalloc
 from collections import Counter
 from pathlib import Path
 
+from lxml import etree
+
 from bench import register
 from services.registrar.catalogue import Catalogue
 from services.registrar.commands import Registrar
@@ -16,6 +18,7 @@ from services.registrar.rules import Institution, check_deletion, check_registra
 from services.registrar.store import EventStore
 
 TODAY = datetime.date(2026, 12, 1)  # the day after register.LAST_DATE
+XSD = Path(__file__).resolve().parents[2] / "schemas" / "xml" / "aanlevering.xsd"
 
 
 def test_the_same_seed_gives_the_same_rows_and_another_seed_other_rows() -> None:
@@ -99,9 +102,12 @@ def test_the_written_files_import_into_the_registrar(tmp_path: Path) -> None:
     delivering = {entry["institution"] for entry in manifest["files"]}
     for inst in (i for i in manifest["institutions"] if i["code"] in delivering):
         registrar.add_institution(inst["code"], inst["name"], inst["sectors"], inst["funded"])
+    schema = etree.XMLSchema(etree.parse(str(XSD)))
     accepted = Counter[str]()
     formats = set()
     for entry in manifest["files"]:
+        if entry["format"] == "xml":
+            schema.assertValid(etree.parse(str(tmp_path / "register" / entry["path"])))
         summary = registrar.import_file(tmp_path / "register" / entry["path"], entry["institution"])
         assert summary.rejected == 0 and summary.duplicate == 0, entry
         assert summary.accepted == entry["records"]
