@@ -1,9 +1,10 @@
 """A realistic register for the benchmarks (issue 16): results over 2012-2026, streamed.
 
 Deterministic from a seed and flat in memory however many results are asked for: the plan
-is a table of counts per (year, institution, sector) (about 30,000 cells, whatever N is), and
-each institution-year batch draws its rows from its own seeded generator, so a batch can be
-generated alone (and in parallel) and the same seed always gives the same rows.
+splits N over the years, a year over its sectors and a sector over its institutions, one year
+at a time (a few thousand counts, whatever N is), and each institution-year batch draws its
+rows from its own seeded generator, so a batch can be generated alone (and in parallel) and
+the same seed always gives the same rows.
 
 The mix:
 - sectors: VO, MBO and HO the bulk; PRO and VSO only from 2023 (diplomas of school year
@@ -15,6 +16,7 @@ The mix:
 - programmes from the registrar's catalogue (diplomas only; the BIG profession comes with
   the programme, as the catalogue says);
 - a BSN for most learners, an onderwijsnummer for about 1.5% (fewer in HO);
+- BIG programmes weighted to a few percent of HO and MBO (BIG_SHARE);
 - a summer peak: most diploma dates in June-August;
 - about 1% of the results deleted later, with a mix of the reasons the register accepts.
 
