@@ -18,15 +18,9 @@ may be published over it. Only positions up to `verified` are ever used in a rep
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
-from typing import Any
 
-from services.kernel import chain
 from services.kernel.chain import GENESIS
-from services.kernel.codec import Codec
-
-_HASH_TRAILER = 33  # the last field, `hash`: length 32 (zigzag varint 0x40) and 32 bytes
 
 
 @dataclass(frozen=True)
@@ -92,16 +86,3 @@ class ChainCheck:
     def waiting_for(self) -> int | None:
         """The missing position that holds up events already received, if any."""
         return self.verified + 1 if self.pending and not self.broken else None
-
-
-def recomputed_hash(codec: Codec, data: bytes, record: dict[str, Any]) -> bytes:
-    """The hash an event's bytes call for: SHA-256(prev_hash || canonical bytes).
-
-    `hash` is the last field of every chained schema, so the canonical bytes (the message as
-    written, with `hash` empty) are the message without its last 33 bytes plus the byte 0x00
-    that encodes empty bytes: no decode and re-encode needed. Anything else is recomputed the
-    long way by the kernel.
-    """
-    if len(record["hash"]) == 32 and len(data) > _HASH_TRAILER and data[-_HASH_TRAILER] == 0x40:
-        return hashlib.sha256(record["prev_hash"] + data[:-_HASH_TRAILER] + b"\x00").digest()
-    return chain.recompute(codec, data)[1]

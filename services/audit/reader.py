@@ -29,10 +29,9 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 from sqlalchemy import select
 
-from services.audit.chain_check import recomputed_hash
 from services.audit.periods import to_millis
 from services.audit.projection import Batch, Projection, events
-from services.kernel import kafka
+from services.kernel import chain, kafka
 from services.kernel.codec import Codec
 from services.kernel.consume import Batch as ConsumedBatch
 from services.kernel.consume import ConsumeLoop, Consumption
@@ -85,12 +84,12 @@ def _add(codec: Codec, batch: Batch, name: str, r: dict[str, Any], data: bytes) 
             r["position"], r["event_id"], "R", r["result_id"], r["version"], to_millis(r["recorded_at"]),
             r["institution"], r["sector"], r["programme_code"], r["programme_name"], r["diploma_number"],
             r["diploma_date"].isoformat(), r["person_kind"], r["person_number"][-3:], None, None,
-            r["prev_hash"], r["hash"], recomputed_hash(codec, data, r) == r["hash"]))
+            r["prev_hash"], r["hash"], chain.recomputed_hash(codec, data, r) == r["hash"]))
     else:
         batch.events.append((
             r["position"], r["event_id"], "D", r["result_id"], r["version"], to_millis(r["recorded_at"]),
             r["institution"], None, None, None, None, None, None, None, r["registered_event_id"],
-            r["reason"], r["prev_hash"], r["hash"], recomputed_hash(codec, data, r) == r["hash"]))
+            r["reason"], r["prev_hash"], r["hash"], chain.recomputed_hash(codec, data, r) == r["hash"]))
 
 
 class AuditReader(Consumption):

@@ -35,9 +35,28 @@ def seal(codec: Codec, name: str, record: dict[str, Any], prev_hash: bytes) -> t
     return canonical[:-1] + b"\x40" + digest, digest
 
 
+HASH_TRAILER = 33  # the last field, `hash`: its length 32 (zigzag varint 0x40) and its 32 bytes
+
+
 def recompute(codec: Codec, data: bytes) -> tuple[dict[str, Any], bytes]:
     """Decode a stored message as written and recompute its hash: (record, recomputed hash)."""
-    writer = codec.writer_schema(data)
     _name, record = codec.decode(data, as_written=True)
-    canonical = codec.encode_with(writer, {**record, "hash": b""})
-    return record, link(record["prev_hash"], canonical)
+    return record, recomputed_hash(codec, data, record)
+
+
+def recomputed_hash(codec: Codec, data: bytes, record: dict[str, Any]) -> bytes:
+    """The hash an event's bytes call for: SHA-256(prev_hash || canonical bytes).
+
+    `hash` is the last field of every chained schema, so the canonical bytes (the message as
+    written, with `hash` empty) are the message without its last 33 bytes plus the byte 0x00
+    that encodes empty bytes: no re-encode needed (a third of `rod verify`'s time). Anything
+    else is encoded again the long way.
+    """
+    if len(record["hash"]) == 32 and len(data) > HASH_TRAILER and data[-HASH_TRAILER] == 0x40:
+        return link(record["prev_hash"], data[:-HASH_TRAILER] + b"\x00")
+    return link(record["prev_hash"], reencoded(codec, data, record))
+
+
+def reencoded(codec: Codec, data: bytes, record: dict[str, Any]) -> bytes:
+    """The canonical bytes the long way: the record encoded again with its writer schema, `hash` empty."""
+    return codec.encode_with(codec.writer_schema(data), {**record, "hash": b""})

@@ -113,3 +113,15 @@ def test_a_changed_byte_changes_the_hash(codec: Codec) -> None:
     data[index] = ord("C")
     record, recomputed = chain.recompute(codec, bytes(data))
     assert recomputed != record["hash"]
+
+
+def test_the_hash_from_the_message_bytes_equals_the_hash_of_the_message_encoded_again(codec: Codec) -> None:
+    """The short way (the message minus its 33-byte `hash` trailer) against the long way."""
+    for name in ("ResultRegistered.v1.bin", "ResultDeleted.v1.bin"):
+        data = (FIXTURES / name).read_bytes()
+        _, record = codec.decode(data, as_written=True)
+        long_way = chain.link(record["prev_hash"], chain.reencoded(codec, data, record))
+        assert chain.recomputed_hash(codec, data, record) == long_way == record["hash"]
+        altered = bytearray(data)
+        altered[20] ^= 1
+        assert chain.recomputed_hash(codec, bytes(altered), codec.decode(bytes(altered))[1]) != record["hash"]
