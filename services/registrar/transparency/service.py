@@ -73,12 +73,8 @@ class LogService:
 
     def sign_due(self, force: bool = False) -> StoredCheckpoint | None:
         """A new checkpoint when the tree grew and the last one is `every` seconds old (or none yet)."""
-        latest = self.checkpoints.latest()
-        if not force and latest is not None:
-            age = time.time() - latest.created_at.timestamp()
-            if age < self.every:
-                return None
-        return self.checkpoints.sign_next(self.tree, self.identity.signer, self.identity.origin)
+        return self.checkpoints.sign_next(self.tree, self.identity.signer, self.identity.origin,
+                                          min_age=None if force else self.every)
 
     def publish(self) -> int:
         """Send the stored checkpoints not yet on the topic, oldest first; returns how many."""

@@ -10,6 +10,7 @@ size they started from). Proofs read only the O(log n) stored nodes they need, i
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -259,11 +260,16 @@ class CheckpointLog:
         with self.engine.connect() as conn:
             return conn.execute(select(func.count()).select_from(log_checkpoints)).scalar_one()
 
-    def sign_next(self, tree: StoredTree, signer: Signer, origin: str) -> StoredCheckpoint | None:
+    def sign_next(self, tree: StoredTree, signer: Signer, origin: str,
+                  min_age: float | None = None) -> StoredCheckpoint | None:
         """Sign and keep a checkpoint of the tree as it is now, when it grew since the last one
-        (or there is none yet); None when there is nothing new or another process signed it."""
-        size = tree.size()
+        (or there is none yet) and the last one is at least `min_age` seconds old; None when
+        there is nothing new, it is too soon, or another process signed it."""
         latest = self.latest()
+        age = time.time() - latest.created_at.timestamp() if latest is not None else None
+        if min_age is not None and age is not None and age < min_age:
+            return None
+        size = tree.size()
         if latest is not None and latest.tree_size >= size:
             return None
         root_hash = tree.root(size)
