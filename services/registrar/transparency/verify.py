@@ -14,7 +14,9 @@ walk, but not this: the checkpoints signed before the rewrite no longer match.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import pairwise
 
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
@@ -71,30 +73,35 @@ class _Fold:
 def verify_log(store: EventStore, verifier: Verifier, origin: str) -> LogVerdict:
     """Check every checkpoint and the stored tree against the store's events (see the module)."""
     tree = StoredTree(store)
-    checkpoints = list(CheckpointLog(store).all())
-    failure = _check_notes(checkpoints, verifier, origin) or _check_consistency(tree, checkpoints)
+    kept = CheckpointLog(store)  # read in pages, once per pass: a year of checkpoints is millions
+    count = kept.count()
+    failure = _check_notes(kept.all(), count, verifier, origin) or _check_consistency(tree, kept.all(), count)
     if failure:
         return failure
-    return _check_against_events(store, tree, checkpoints)
+    return _check_against_events(store, tree, kept.all(), count)
 
 
-def _check_notes(checkpoints: list[StoredCheckpoint], verifier: Verifier, origin: str) -> LogVerdict | None:
+def _check_notes(
+    checkpoints: Iterator[StoredCheckpoint], count: int, verifier: Verifier, origin: str
+) -> LogVerdict | None:
     for stored in checkpoints:
         try:
             opened = open_checkpoint(stored.note, verifier)
         except NoteError as exc:
-            return LogVerdict(False, len(checkpoints), 0, "CHECKPOINT_SIGNATURE",
+            return LogVerdict(False, count, 0, "CHECKPOINT_SIGNATURE",
                               f"checkpoint {stored.tree_size}: {exc}", checkpoint=stored.tree_size)
         says = (opened.origin, opened.tree_size, opened.root_hash)
         if says != (origin, stored.tree_size, stored.root_hash):
-            return LogVerdict(False, len(checkpoints), 0, "CHECKPOINT_MISMATCH",
+            return LogVerdict(False, count, 0, "CHECKPOINT_MISMATCH",
                               f"checkpoint {stored.tree_size}: the signed note says other than its row",
                               checkpoint=stored.tree_size)
     return None
 
 
-def _check_consistency(tree: StoredTree, checkpoints: list[StoredCheckpoint]) -> LogVerdict | None:
-    for older, newer in zip(checkpoints, checkpoints[1:], strict=False):
+def _check_consistency(
+    tree: StoredTree, checkpoints: Iterator[StoredCheckpoint], count: int
+) -> LogVerdict | None:
+    for older, newer in pairwise(checkpoints):
         if older.tree_size == 0:
             continue  # the empty tree is a prefix of every tree
         try:
@@ -102,10 +109,10 @@ def _check_consistency(tree: StoredTree, checkpoints: list[StoredCheckpoint]) ->
             consistent = merkle.verify_consistency(
                 older.tree_size, newer.tree_size, proof, older.root_hash, newer.root_hash)
         except TreeError as exc:
-            return LogVerdict(False, len(checkpoints), 0, "TREE_INCOMPLETE",
+            return LogVerdict(False, count, 0, "TREE_INCOMPLETE",
                               f"checkpoint {newer.tree_size}: {exc}", checkpoint=newer.tree_size)
         if not consistent:
-            return LogVerdict(False, len(checkpoints), 0, "CHECKPOINTS_INCONSISTENT",
+            return LogVerdict(False, count, 0, "CHECKPOINTS_INCONSISTENT",
                               f"checkpoint {newer.tree_size} is not consistent with checkpoint "
                               f"{older.tree_size}",
                               checkpoint=newer.tree_size)
@@ -113,11 +120,11 @@ def _check_consistency(tree: StoredTree, checkpoints: list[StoredCheckpoint]) ->
 
 
 def _check_against_events(
-    store: EventStore, tree: StoredTree, checkpoints: list[StoredCheckpoint]
+    store: EventStore, tree: StoredTree, checkpoints: Iterator[StoredCheckpoint], count: int
 ) -> LogVerdict:
     fold = _Fold()
     stored_size = tree.size()
-    due = iter(checkpoints)
+    due = checkpoints
     waiting = next(due, None)
     differs: tuple[int, int] | None = None  # the stored node (level, index) first found wrong
     failed: StoredCheckpoint | None = None
@@ -139,7 +146,7 @@ def _check_against_events(
             made: list[tuple[int, int, bytes]] = []
             for row in rows:
                 if row.position != fold.size + 1:
-                    return LogVerdict(False, len(checkpoints), fold.size, "POSITION_MISSING",
+                    return LogVerdict(False, count, fold.size, "POSITION_MISSING",
                                       f"position {fold.size + 1} is missing", position=fold.size + 1)
                 made += fold.add(merkle.leaf_hash(bytes(row.hash)))
                 settle()
@@ -148,24 +155,24 @@ def _check_against_events(
     total = fold.size
     position = (differs[1] << differs[0]) + 1 if differs else None  # the first event under it
     if waiting is not None:  # a checkpoint of more events than the store holds
-        return LogVerdict(False, len(checkpoints), total, "CHECKPOINT_BEYOND_STORE",
+        return LogVerdict(False, count, total, "CHECKPOINT_BEYOND_STORE",
                           f"checkpoint {waiting.tree_size} is beyond the store's {total} events",
                           checkpoint=waiting.tree_size, position=position)
     if stored_size > total:
-        return LogVerdict(False, len(checkpoints), total, "TREE_BEYOND_STORE",
+        return LogVerdict(False, count, total, "TREE_BEYOND_STORE",
                           f"the stored tree holds {stored_size} leaves, the store {total} events")
     if failed is not None:
         where = f"; the first event that differs from the tree is at position {position}" if position else ""
-        return LogVerdict(False, len(checkpoints), total, "ROOT_MISMATCH",
+        return LogVerdict(False, count, total, "ROOT_MISMATCH",
                           f"checkpoint {failed.tree_size} no longer matches the store's events{where}",
                           checkpoint=failed.tree_size, position=position)
     if differs is not None:
         level, index = differs
-        return LogVerdict(False, len(checkpoints), total, "TREE_MISMATCH",
+        return LogVerdict(False, count, total, "TREE_MISMATCH",
                           f"the stored tree's node ({level}, {index}) differs from the store's events "
                           f"(the subtree from position {position}): `rod log rebuild` mends it",
                           position=position)
-    return LogVerdict(True, len(checkpoints), total)
+    return LogVerdict(True, count, total)
 
 
 def _first_stored_difference(
